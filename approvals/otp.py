@@ -1,0 +1,53 @@
+"""Second-factor confirmation of a decision with the approver's own TOTP device."""
+
+from django.db import transaction
+from django.views.decorators.debug import sensitive_variables
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from breakglass import clock
+from breakglass.errors import Throttled
+
+
+@sensitive_variables("token")
+def verify(user, token):
+    """Return the user's device that accepts the code, or None.
+
+    Each device row is locked while its code is checked, so a code can be used once
+    per device: a replay, or the same code sent twice at once, is refused (django-otp
+    keeps the last accepted time step). Raise Throttled when every device is resting
+    after failed attempts.
+    """
+    token = (token or "").strip().replace(" ", "")
+    with transaction.atomic():
+        devices = list(
+            TOTPDevice.objects.select_for_update()
+            .filter(user=user, confirmed=True)
+            .order_by("pk")
+        )
+        if not devices:
+            return None
+        resting_until = []
+        for device in devices:
+            allowed, info = device.verify_is_allowed()
+            if not allowed:
+                resting_until.append((info or {}).get("locked_until"))
+                continue
+            if token.isdigit() and device.verify_token(token):
+                return device
+            if not token.isdigit():
+                # Count a malformed code as a failure too, without asking the device.
+                device.throttle_increment()
+        if len(resting_until) == len(devices):
+            until = min((t for t in resting_until if t), default=None)
+            wait = (until - clock.now()).total_seconds() if until else 60
+            raise Throttled(
+                "Too many wrong codes; wait before trying again.",
+                code="otp_throttled",
+                retry_after=wait,
+            )
+    return None
+
+
+def describe(device):
+    """Return how the trail names a device: its kind, id and name."""
+    return f"{device.persistent_id} ({device.name})"

@@ -1,0 +1,21 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView
+
+from . import views
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("requests/", views.RequestListView.as_view(), name="api-requests"),
+    path("requests/<int:pk>/", views.RequestDetailView.as_view(), name="api-request"),
+    path("requests/<int:pk>/approve/", views.ApproveView.as_view(), name="api-approve"),
+    path("requests/<int:pk>/deny/", views.DenyView.as_view(), name="api-deny"),
+    path("requests/<int:pk>/cancel/", views.CancelView.as_view(), name="api-cancel"),
+    path("requests/<int:pk>/revoke/", views.RevokeView.as_view(), name="api-revoke"),
+    path(
+        "requests/<int:pk>/credential/",
+        views.CredentialView.as_view(),
+        name="api-credential",
+    ),
+    path("audit/", views.AuditListView.as_view(), name="api-audit"),
+    path("audit/verify/", views.AuditVerifyView.as_view(), name="api-audit-verify"),
+]

@@ -1,0 +1,167 @@
+"""REST API, version 1 (CONTRACT.md, section 4): one view per operation, calling services."""
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from approvals import services as approval_services
+
+from .. import audit, selectors, services
+from ..errors import NotAllowed
+from .serializers import (
+    AuditQuerySerializer,
+    CredentialSerializer,
+    EventSerializer,
+    RequestCreateSerializer,
+    RequestQuerySerializer,
+    RequestSerializer,
+    RevokeSerializer,
+    VerifySerializer,
+    VoteSerializer,
+)
+
+ERROR = OpenApiResponse(description='{"code": ..., "detail": ...}')
+
+
+def _valid(serializer_class, data):
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _request_response(request_id, user, status_code=status.HTTP_200_OK):
+    found = selectors.get_visible_request(request_id, user)
+    return Response(RequestSerializer(found).data, status=status_code)
+
+
+class RequestListView(APIView):
+    @extend_schema(
+        parameters=[RequestQuerySerializer],
+        responses={200: RequestSerializer(many=True), 400: ERROR},
+    )
+    def get(self, request):
+        query = _valid(RequestQuerySerializer, request.query_params)
+        found = selectors.visible_requests(request.user)
+        if "status" in query:
+            found = found.filter(status=query["status"])
+        if "target" in query:
+            found = found.filter(target__name=query["target"])
+        if "incident" in query:
+            found = found.filter(incident=query["incident"])
+        offset = query.get("offset", 0)
+        found = found[offset : offset + query.get("limit", 200)]
+        return Response(RequestSerializer(found, many=True).data)
+
+    @extend_schema(
+        request=RequestCreateSerializer,
+        responses={201: RequestSerializer, 400: ERROR, 403: ERROR},
+    )
+    def post(self, request):
+        data = _valid(RequestCreateSerializer, request.data)
+        created = services.create_request(requester=request.user, **data)
+        return _request_response(created.pk, request.user, status.HTTP_201_CREATED)
+
+
+class RequestDetailView(APIView):
+    @extend_schema(responses={200: RequestSerializer, 404: ERROR})
+    def get(self, request, pk):
+        return _request_response(pk, request.user)
+
+
+class ApproveView(APIView):
+    @extend_schema(
+        request=VoteSerializer,
+        responses={200: RequestSerializer, 403: ERROR, 404: ERROR, 409: ERROR},
+    )
+    def post(self, request, pk):
+        selectors.get_visible_request(pk, request.user)
+        data = _valid(VoteSerializer, request.data)
+        approval_services.approve_request(
+            pk, approver=request.user, code=data["otp"], comment=data["comment"]
+        )
+        return _request_response(pk, request.user)
+
+
+class DenyView(APIView):
+    @extend_schema(
+        request=VoteSerializer,
+        responses={200: RequestSerializer, 403: ERROR, 404: ERROR, 409: ERROR},
+    )
+    def post(self, request, pk):
+        selectors.get_visible_request(pk, request.user)
+        data = _valid(VoteSerializer, request.data)
+        approval_services.deny_request(
+            pk, approver=request.user, code=data["otp"], comment=data["comment"]
+        )
+        return _request_response(pk, request.user)
+
+
+class CancelView(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: RequestSerializer, 403: ERROR, 404: ERROR, 409: ERROR},
+    )
+    def post(self, request, pk):
+        selectors.get_visible_request(pk, request.user)
+        services.cancel_request(pk, actor=request.user)
+        return _request_response(pk, request.user)
+
+
+class RevokeView(APIView):
+    @extend_schema(
+        request=RevokeSerializer,
+        responses={200: RequestSerializer, 403: ERROR, 404: ERROR, 409: ERROR},
+    )
+    def post(self, request, pk):
+        selectors.get_visible_request(pk, request.user)
+        data = _valid(RevokeSerializer, request.data)
+        services.request_end(pk, actor=request.user, reason=data["reason"])
+        return _request_response(pk, request.user)
+
+
+class CredentialView(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: CredentialSerializer, 403: ERROR, 404: ERROR, 409: ERROR,
+                   410: ERROR},
+    )
+    def post(self, request, pk):
+        selectors.get_visible_request(pk, request.user)
+        credential = services.reveal_credential(pk, actor=request.user)
+        response = Response(CredentialSerializer(credential).data)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class AuditListView(APIView):
+    @extend_schema(
+        parameters=[AuditQuerySerializer],
+        responses={200: EventSerializer(many=True), 403: ERROR},
+    )
+    def get(self, request):
+        _require_trail_reader(request.user)
+        query = _valid(AuditQuerySerializer, request.query_params)
+        found = selectors.events(
+            incident=query.get("incident"),
+            request=query.get("request"),
+            since=query.get("since"),
+            until=query.get("until"),
+        )
+        if "after_seq" in query:
+            found = found.filter(seq__gt=query["after_seq"])
+        found = found[: query.get("limit", 1000)]
+        return Response(EventSerializer(found, many=True).data)
+
+
+class AuditVerifyView(APIView):
+    @extend_schema(responses={200: VerifySerializer, 403: ERROR})
+    def get(self, request):
+        _require_trail_reader(request.user)
+        checked, first_bad = audit.verify_chain()
+        return Response({"ok": first_bad is None, "checked": checked, "first_bad": first_bad})
+
+
+def _require_trail_reader(user):
+    if not selectors.can_read_trail(user):
+        raise NotAllowed("Only compliance reviewers and admins can read the trail.")

@@ -1,0 +1,21 @@
+"""The Celery application: `celery -A breakglass worker` and `celery -A breakglass beat`."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "breakglass.settings")
+
+app = Celery("breakglass")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def _schedule_sweeps(sender, **kwargs):
+    from django.conf import settings
+
+    every = settings.BREAKGLASS_SWEEP_SECONDS
+    # The sweep is the safety net under every scheduled revocation and delivery:
+    # a task lost with its worker or broker is found again within one interval.
+    sender.add_periodic_task(every, sender.signature("breakglass.tasks.sweep"))

@@ -1,0 +1,225 @@
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+
+class Target(models.Model):
+    """A production system that break-glass credentials can be created on."""
+
+    class Kind(models.TextChoices):
+        POSTGRES = "postgres", "PostgreSQL"
+        REDIS = "redis", "Redis"
+        SSH = "ssh", "SSH certificate authority"
+
+    name = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    environment = models.CharField(max_length=100, blank=True)
+    connection_env = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Environment variable holding the admin DSN or URL (never stored).",
+    )
+    ca_key_env = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Environment variable holding the path of the SSH CA private key.",
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Scope(models.Model):
+    """A named level of access on a target, with what a credential receives."""
+
+    target = models.ForeignKey(Target, on_delete=models.CASCADE, related_name="scopes")
+    name = models.SlugField(max_length=100)
+    grants = models.JSONField(
+        default=list,
+        help_text="PostgreSQL roles, Redis ACL rules or SSH principals.",
+    )
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["target", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["target", "name"], name="unique_scope")
+        ]
+
+    def __str__(self):
+        return f"{self.target.name}/{self.name}"
+
+
+class Policy(models.Model):
+    """Who may ask for a target, who must approve, and for how long."""
+
+    target = models.OneToOneField(
+        Target, on_delete=models.CASCADE, related_name="policy"
+    )
+    approvals_required = models.PositiveSmallIntegerField(
+        default=2, validators=[MinValueValidator(1), MaxValueValidator(10)]
+    )
+    approver_groups = models.ManyToManyField(
+        Group, blank=True, related_name="+", help_text="Empty: any approver."
+    )
+    requester_groups = models.ManyToManyField(
+        Group, blank=True, related_name="+", help_text="Empty: any requester."
+    )
+    max_duration_minutes = models.PositiveIntegerField(
+        default=60, validators=[MinValueValidator(1), MaxValueValidator(7 * 24 * 60)]
+    )
+    approval_window_minutes = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(1), MaxValueValidator(7 * 24 * 60)]
+    )
+    incident_pattern = models.CharField(max_length=200, default=r"^\S.*$")
+
+    class Meta:
+        verbose_name_plural = "policies"
+
+    def __str__(self):
+        return f"policy for {self.target.name}"
+
+
+class AccessRequest(models.Model):
+    """One engineer's request for emergency access to one scope of one target."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        ACTIVE = "active"
+        EXPIRED = "expired"
+        REVOKED = "revoked"
+        DENIED = "denied"
+        CANCELLED = "cancelled"
+        TIMED_OUT = "timed_out"
+        FAILED = "failed"
+
+    requester = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="+")
+    scope = models.ForeignKey(Scope, on_delete=models.PROTECT, related_name="+")
+    duration_minutes = models.PositiveIntegerField()
+    reason = models.TextField()
+    incident = models.CharField(max_length=200, db_index=True)
+    public_key = models.TextField(blank=True)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+
+    # The policy decision taken at request time, kept as it was decided.
+    approvals_required = models.PositiveSmallIntegerField()
+    approver_groups = models.ManyToManyField(
+        Group, blank=True, related_name="+", help_text="Empty: any approver."
+    )
+    policy_rule = models.TextField()
+
+    created_at = models.DateTimeField()
+    approval_deadline = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"request {self.pk} ({self.target.name}/{self.scope.name})"
+
+    @property
+    def is_open(self):
+        return self.status == self.Status.PENDING
+
+
+class Grant(models.Model):
+    """The credential created on the target for an approved request."""
+
+    class EndReason(models.TextChoices):
+        EXPIRED = "expired"
+        REVOKED = "revoked"
+
+    request = models.OneToOneField(
+        AccessRequest, on_delete=models.PROTECT, related_name="grant"
+    )
+    principal = models.CharField(max_length=63, unique=True)
+    # What the provider needs to revoke, frozen at issuance so that editing or
+    # removing the target later cannot strand a live credential.
+    target_snapshot = models.JSONField(default=dict)
+    # The credential waiting to be revealed, encrypted; erased at reveal or end.
+    sealed_credential = models.BinaryField(null=True, blank=True, editable=False)
+
+    approved_at = models.DateTimeField()
+    issued_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    revealed_at = models.DateTimeField(null=True, blank=True)
+    end_requested_at = models.DateTimeField(null=True, blank=True)
+    end_requested_by = models.CharField(max_length=150, blank=True)
+    end_reason = models.TextField(blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    issue_attempts = models.PositiveSmallIntegerField(default=0)
+    revoke_attempts = models.PositiveSmallIntegerField(default=0)
+    # When the sweep may try a failed issuance or revocation again (backoff).
+    retry_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    def __str__(self):
+        return self.principal
+
+
+class AuditEvent(models.Model):
+    """One link of the append-only, hash-chained trail."""
+
+    seq = models.BigIntegerField(unique=True)
+    at = models.DateTimeField(db_index=True)
+    actor = models.CharField(max_length=150)
+    action = models.CharField(max_length=64, db_index=True)
+    request = models.ForeignKey(
+        AccessRequest,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="events",
+        db_constraint=False,
+    )
+    incident = models.CharField(max_length=200, blank=True, db_index=True)
+    target = models.CharField(max_length=100, blank=True)
+    scope = models.CharField(max_length=100, blank=True)
+    requester = models.CharField(max_length=150, blank=True)
+    data = models.JSONField(default=dict)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["seq"]
+
+    def __str__(self):
+        return f"#{self.seq} {self.action}"
+
+
+class Alert(models.Model):
+    """One audit event waiting to be, or delivered on one channel."""
+
+    class Channel(models.TextChoices):
+        WEBHOOK = "webhook"
+        EMAIL = "email"
+
+    event = models.ForeignKey(AuditEvent, on_delete=models.PROTECT, related_name="+")
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    destination = models.TextField()
+    delivery_id = models.UUIDField(unique=True)
+    created_at = models.DateTimeField()
+    next_attempt_at = models.DateTimeField(db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    delivered_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"{self.channel} alert {self.delivery_id}"

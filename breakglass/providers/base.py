@@ -1,0 +1,27 @@
+import os
+
+from ..errors import ProviderError
+
+
+class Provider:
+    """Create and remove per-grant credentials on one kind of target."""
+
+    kind = None
+
+    def issue(self, snapshot, *, principal, expires_at, key_id, public_key=""):
+        """Create the credential and return it, secret included."""
+        raise NotImplementedError
+
+    def revoke(self, snapshot, *, principal):
+        """Remove the credential and cut its sessions; succeed if already gone."""
+        raise NotImplementedError
+
+
+def env_value(name, what):
+    """Return the value of the environment variable the target names."""
+    if not name:
+        raise ProviderError(f"the target names no environment variable for its {what}")
+    value = os.environ.get(name, "")
+    if not value:
+        raise ProviderError(f"environment variable {name} ({what}) is not set")
+    return value

@@ -1,0 +1,149 @@
+"""PostgreSQL: a fresh login role per grant, dropped with its sessions at the end."""
+
+import logging
+import secrets
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ..errors import ProviderError
+from .base import Provider, env_value
+
+logger = logging.getLogger(__name__)
+
+CONNECTION_LIMIT = 5
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+class PostgresProvider(Provider):
+    kind = "postgres"
+
+    def issue(self, snapshot, *, principal, expires_at, key_id, public_key=""):
+        dsn = _admin_dsn(snapshot)
+        password = secrets.token_urlsafe(24)
+        role = sql.Identifier(principal)
+        try:
+            with _connect(dsn) as conn:
+                # Send a SCRAM verifier, never the password, so that it cannot show
+                # up in the server's statement log.
+                verifier = conn.pgconn.encrypt_password(
+                    password.encode(), principal.encode(), b"scram-sha-256"
+                ).decode()
+                with conn.transaction():
+                    # A retry after a crash finds the role of the first attempt,
+                    # whose password was never kept: start again from nothing.
+                    _drop_role(conn, principal)
+                    conn.execute(
+                        sql.SQL(
+                            "CREATE ROLE {} LOGIN NOINHERIT PASSWORD {} "
+                            "VALID UNTIL {} CONNECTION LIMIT {}"
+                        ).format(
+                            role,
+                            sql.Literal(verifier),
+                            sql.Literal(expires_at.isoformat()),
+                            sql.Literal(CONNECTION_LIMIT),
+                        )
+                    )
+                    # INHERIT so that the scope's privileges apply without SET ROLE.
+                    conn.execute(sql.SQL("ALTER ROLE {} INHERIT").format(role))
+                    for granted in snapshot["grants"]:
+                        conn.execute(
+                            sql.SQL("GRANT {} TO {}").format(
+                                sql.Identifier(granted), role
+                            )
+                        )
+        except psycopg.Error as exc:
+            raise ProviderError(_describe(exc)) from None
+
+        params = conninfo_to_dict(dsn)
+        return {
+            "kind": self.kind,
+            "username": principal,
+            "password": password,
+            "host": params.get("host", "localhost"),
+            "port": int(params.get("port", 5432)),
+            "dbname": params.get("dbname", "postgres"),
+            "expires_at": expires_at.isoformat(),
+        }
+
+    def revoke(self, snapshot, *, principal):
+        dsn = _admin_dsn(snapshot)
+        try:
+            with _connect(dsn) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_roles WHERE rolname = %s", [principal]
+                ).fetchone()
+                if not exists:
+                    return
+                conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(
+                    sql.Identifier(principal)
+                ))
+                _terminate_sessions(conn, principal)
+                databases = conn.execute(
+                    "SELECT DISTINCT d.datname FROM pg_shdepend s "
+                    "JOIN pg_database d ON d.oid = s.dbid "
+                    "JOIN pg_roles r ON r.oid = s.refobjid "
+                    "WHERE r.rolname = %s AND d.datallowconn",
+                    [principal],
+                ).fetchall()
+                current = conn.info.dbname
+                for (dbname,) in databases:
+                    if dbname == current:
+                        _disown(conn, principal)
+                    else:
+                        other = make_conninfo(dsn, dbname=dbname)
+                        with _connect(other) as db_conn:
+                            _disown(db_conn, principal)
+                _disown(conn, principal)
+                with conn.transaction():
+                    _drop_role(conn, principal)
+        except psycopg.Error as exc:
+            raise ProviderError(_describe(exc)) from None
+
+
+def _admin_dsn(snapshot):
+    return env_value(snapshot.get("connection_env"), "admin DSN")
+
+
+def _connect(dsn):
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+
+
+def _terminate_sessions(conn, principal):
+    conn.execute(
+        # Wait up to 5 s for each session to be gone, so the role's end is real
+        # when revocation reports it done.
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+        "WHERE usename = %s AND pid <> pg_backend_pid()",
+        [principal],
+    )
+
+
+def _disown(conn, principal):
+    """Hand what the role owns to the admin and drop its privileges in one database."""
+    role = sql.Identifier(principal)
+    with conn.transaction():
+        conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(role))
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+
+
+def _drop_role(conn, principal):
+    exists = conn.execute(
+        "SELECT 1 FROM pg_roles WHERE rolname = %s", [principal]
+    ).fetchone()
+    if not exists:
+        return
+    _terminate_sessions(conn, principal)
+    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(principal)))
+    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(principal)))
+
+
+def _describe(exc):
+    # The server's message names roles and objects, never the password: the
+    # statement that carried it is not part of the error.
+    diag = getattr(exc, "diag", None)
+    message = diag.message_primary if diag else None
+    if not message:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+    return f"PostgreSQL: {message}"

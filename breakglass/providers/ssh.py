@@ -1,0 +1,89 @@
+"""SSH: a short-lived OpenSSH user certificate signed by the target's CA."""
+
+import datetime
+import secrets
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ..errors import ProviderError
+from .base import Provider, env_value
+
+# Tolerate a target whose clock runs a little behind ours.
+VALID_AFTER_BACKDATE = datetime.timedelta(minutes=1)
+
+
+class SshProvider(Provider):
+    kind = "ssh"
+
+    def issue(self, snapshot, *, principal, expires_at, key_id, public_key=""):
+        ca_key = load_ca_key(snapshot)
+        private_key = None
+        if public_key:
+            try:
+                subject_key = serialization.load_ssh_public_key(public_key.encode())
+            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+                raise ProviderError(f"the public key is not usable: {exc}") from None
+        else:
+            generated = ed25519.Ed25519PrivateKey.generate()
+            subject_key = generated.public_key()
+            private_key = generated.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            ).decode()
+
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            serialization.SSHCertificateBuilder()
+            .public_key(subject_key)
+            .type(serialization.SSHCertificateType.USER)
+            .serial(secrets.randbits(63))
+            .key_id(key_id.encode())
+            .valid_principals([p.encode() for p in snapshot["grants"]])
+            .valid_after(int((now - VALID_AFTER_BACKDATE).timestamp()))
+            .valid_before(int(expires_at.timestamp()))
+            .add_extension(b"permit-pty", b"")
+        )
+        try:
+            certificate = builder.sign(ca_key)
+        except (ValueError, TypeError) as exc:
+            raise ProviderError(f"the CA could not sign: {exc}") from None
+
+        credential = {
+            "kind": self.kind,
+            "username": snapshot["grants"][0] if snapshot["grants"] else principal,
+            "principals": list(snapshot["grants"]),
+            "certificate": certificate.public_bytes().decode() + "\n",
+            "key_id": key_id,
+            "serial": certificate.serial,
+            "expires_at": expires_at.isoformat(),
+        }
+        if private_key:
+            credential["private_key"] = private_key
+        return credential
+
+    def revoke(self, snapshot, *, principal):
+        # The certificate carries its own end (valid_before); nothing is kept on
+        # the target to remove.
+        return None
+
+
+def load_ca_key(snapshot):
+    """Load the CA private key from the file the target's environment variable names."""
+    path = env_value(snapshot.get("ca_key_env"), "CA key file")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ProviderError(f"cannot read the CA key named by {snapshot['ca_key_env']}: "
+                            f"{exc.strerror}") from None
+    try:
+        return serialization.load_ssh_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ProviderError(
+            f"the CA key named by {snapshot['ca_key_env']} is not an unencrypted "
+            "OpenSSH private key"
+        ) from None
+

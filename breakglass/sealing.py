@@ -1,0 +1,31 @@
+"""Encryption at rest for credentials that wait to be revealed."""
+
+import base64
+import json
+
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from django.conf import settings
+
+
+def _fernet():
+    # A key of its own, derived from SECRET_KEY, so a sealed credential is useless
+    # without the process configuration that is never stored in the database.
+    key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"breakglass-sealing",
+        info=b"credential at rest v1",
+    ).derive(settings.SECRET_KEY.encode())
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def seal(credential):
+    """Encrypt a credential (a dict) for storage."""
+    return _fernet().encrypt(json.dumps(credential).encode())
+
+
+def unseal(token):
+    """Decrypt a credential sealed by `seal`."""
+    return json.loads(_fernet().decrypt(bytes(token)))

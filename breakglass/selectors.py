@@ -1,0 +1,65 @@
+"""Reads: which requests, events and queues a user can see."""
+
+from django.db.models import Q
+
+from . import policy, roles
+from .errors import NotVisible
+from .models import AccessRequest, AuditEvent
+
+
+def _with_relations(queryset):
+    return queryset.select_related(
+        "requester", "target", "scope", "grant"
+    ).prefetch_related("approvals__approver", "approver_groups")
+
+
+def visible_requests(user):
+    """Return the requests the user may see: their own, those they may approve, or all."""
+    queryset = _with_relations(AccessRequest.objects.all())
+    if roles.has_role(user, roles.ADMIN) or roles.has_role(user, roles.COMPLIANCE):
+        return queryset
+    visible = Q(requester=user)
+    if roles.has_role(user, roles.APPROVER):
+        # A request with no approver groups may be approved by any approver.
+        approvable = Q(approver_groups__isnull=True) | Q(
+            approver_groups__in=user.groups.all()
+        )
+        visible |= approvable & ~Q(requester=user)
+    ids = AccessRequest.objects.filter(visible).values("pk")
+    return queryset.filter(pk__in=ids)
+
+
+def get_visible_request(request_id, user):
+    """Return the request if the user may see it; otherwise raise NotVisible."""
+    found = visible_requests(user).filter(pk=request_id).first()
+    if found is None:
+        raise NotVisible("No such request.")
+    return found
+
+
+def awaiting_decision(user):
+    """Return pending requests on which the user may still vote."""
+    pending = visible_requests(user).filter(status=AccessRequest.Status.PENDING)
+    return [
+        r
+        for r in pending.exclude(approvals__approver=user)
+        if policy.is_eligible_approver(user, r)
+    ]
+
+
+def can_read_trail(user):
+    return roles.has_role(user, roles.COMPLIANCE) or roles.has_role(user, roles.ADMIN)
+
+
+def events(*, incident=None, request=None, since=None, until=None):
+    """Return audit events in chain order, filtered as the trail views need."""
+    queryset = AuditEvent.objects.all()
+    if incident:
+        queryset = queryset.filter(incident=incident)
+    if request:
+        queryset = queryset.filter(request_id=request)
+    if since:
+        queryset = queryset.filter(at__gte=since)
+    if until:
+        queryset = queryset.filter(at__lt=until)
+    return queryset.order_by("seq")

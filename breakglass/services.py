@@ -1,0 +1,556 @@
+"""State changes of requests and grants: one function per change.
+
+Each function runs in one transaction that locks the rows deciding access, writes
+its audit event (and so its queued alerts) with the change, and starts Celery work
+only after commit. Web views, API views, admin actions and tasks all call these.
+"""
+
+import logging
+import re
+import secrets
+from datetime import timedelta
+
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models import Q
+from django.views.decorators.debug import sensitive_variables
+
+from . import audit, clock, policy, roles, sealing
+from .errors import (
+    CredentialAlreadyRevealed,
+    InvalidInput,
+    NotAllowed,
+    ProviderError,
+    WrongState,
+)
+from .models import AccessRequest, Grant, Scope, Target
+from .providers import provider_for
+
+logger = logging.getLogger(__name__)
+
+Status = AccessRequest.Status
+
+MAX_ISSUE_ATTEMPTS = 3
+# An approved grant whose issuance task has not finished by then was lost with its
+# worker or broker; the sweep issues it.
+ISSUE_STALL = timedelta(seconds=30)
+MAX_RETRY_DELAY = timedelta(minutes=5)
+
+
+def subject_of(access_request):
+    """Return what an event about this request is about, for the trail and alerts."""
+    return {
+        "request": access_request.pk,
+        "incident": access_request.incident,
+        "target": access_request.target.name,
+        "scope": access_request.scope.name,
+        "requester": access_request.requester.get_username(),
+    }
+
+
+def record(action, access_request, *, actor, data=None):
+    """Append an event about the request to the trail, with its alerts."""
+    name = actor.get_username() if hasattr(actor, "get_username") else actor
+    return audit.record_event(
+        action, actor=name, subject=subject_of(access_request), data=data
+    )
+
+
+def lock_request(request_id):
+    """Return the request with its row locked for the rest of the transaction."""
+    return (
+        AccessRequest.objects.select_for_update(of=("self",))
+        .select_related("target", "scope", "requester")
+        .get(pk=request_id)
+    )
+
+
+def _lock_grant(grant_id):
+    return (
+        Grant.objects.select_for_update(of=("self",))
+        .select_related("request__target", "request__scope", "request__requester")
+        .get(pk=grant_id)
+    )
+
+
+def _backoff(attempts):
+    return min(MAX_RETRY_DELAY, timedelta(seconds=2 ** min(attempts, 10)))
+
+
+# Requesting
+
+
+def create_request(
+    *, requester, target, scope, duration_minutes, reason, incident, public_key=""
+):
+    """Open a request for access; the target's policy decides what it needs."""
+    target_obj = Target.objects.filter(name=target, is_active=True).first()
+    if target_obj is None:
+        raise InvalidInput(
+            f"Unknown target {target!r}.", fields={"target": ["Unknown target."]}
+        )
+    scope_obj = Scope.objects.filter(
+        target=target_obj, name=scope, is_active=True
+    ).first()
+    if scope_obj is None:
+        raise InvalidInput(
+            f"Target {target_obj.name} has no scope {scope!r}.",
+            fields={"scope": [f"Unknown scope for {target_obj.name}."]},
+        )
+    reason = (reason or "").strip()
+    incident = (incident or "").strip()
+    if not reason:
+        raise InvalidInput("A reason is required.", fields={"reason": ["Required."]})
+    if public_key and target_obj.kind != Target.Kind.SSH:
+        raise InvalidInput(
+            "A public key is only for SSH targets.",
+            fields={"public_key": ["Only for SSH targets."]},
+        )
+
+    decision = policy.decide(target_obj, scope_obj, requester)
+    policy.check_request(
+        target_obj, decision, duration_minutes=duration_minutes, incident=incident
+    )
+
+    now = clock.now()
+    with transaction.atomic():
+        access_request = AccessRequest.objects.create(
+            requester=requester,
+            target=target_obj,
+            scope=scope_obj,
+            duration_minutes=duration_minutes,
+            reason=reason,
+            incident=incident,
+            public_key=public_key.strip(),
+            approvals_required=decision.approvals_required,
+            policy_rule=decision.rule,
+            created_at=now,
+            approval_deadline=now + timedelta(minutes=decision.approval_window_minutes),
+        )
+        access_request.approver_groups.set(
+            Group.objects.filter(name__in=decision.approver_groups)
+        )
+        record(
+            "request.created",
+            access_request,
+            actor=requester,
+            data={
+                "duration_minutes": duration_minutes,
+                "reason": reason,
+                "environment": target_obj.environment,
+                "approvals_required": decision.approvals_required,
+                "approver_groups": decision.approver_groups,
+                "policy_rule": decision.rule,
+                "approval_deadline": access_request.approval_deadline.isoformat(),
+            },
+        )
+    logger.info("request %s created by %s", access_request.pk, requester)
+    return access_request
+
+
+def cancel_request(request_id, *, actor):
+    """Withdraw a request that is still waiting for approvals."""
+    with transaction.atomic():
+        access_request = lock_request(request_id)
+        if access_request.requester_id != actor.pk:
+            raise NotAllowed("Only the requester can cancel a request.")
+        if access_request.status != Status.PENDING:
+            raise WrongState(
+                f"The request is {access_request.status}; only a pending request "
+                "can be cancelled.",
+                code="already_decided",
+            )
+        access_request.status = Status.CANCELLED
+        access_request.decided_at = clock.now()
+        access_request.save(update_fields=["status", "decided_at"])
+        record("request.cancelled", access_request, actor=actor)
+    return access_request
+
+
+def time_out_request(request_id):
+    """End a pending request whose approval window has passed; return if it did."""
+    with transaction.atomic():
+        access_request = lock_request(request_id)
+        if not _is_overdue(access_request):
+            return False
+        _time_out(access_request)
+    return True
+
+
+def _is_overdue(access_request):
+    return (
+        access_request.status == Status.PENDING
+        and access_request.approval_deadline <= clock.now()
+    )
+
+
+def _time_out(access_request):
+    access_request.status = Status.TIMED_OUT
+    access_request.decided_at = clock.now()
+    access_request.save(update_fields=["status", "decided_at"])
+    record(
+        "request.timed_out",
+        access_request,
+        actor=audit.SYSTEM,
+        data={"approval_deadline": access_request.approval_deadline.isoformat()},
+    )
+
+
+def close_if_overdue(access_request):
+    """Time out a locked pending request whose window passed; return if it did."""
+    if _is_overdue(access_request):
+        _time_out(access_request)
+        return True
+    return False
+
+
+# Issuing
+
+
+def _principal_for(access_request):
+    user = re.sub(r"[^a-z0-9]", "", access_request.requester.get_username().lower())
+    # The random tail makes the name unguessable and never reused, even if
+    # request ids were ever reset.
+    return f"bg_{user[:24]}_{access_request.pk}_{secrets.token_hex(4)}"
+
+
+def _snapshot(target, scope):
+    return {
+        "kind": target.kind,
+        "name": target.name,
+        "environment": target.environment,
+        "connection_env": target.connection_env,
+        "ca_key_env": target.ca_key_env,
+        "scope": scope.name,
+        "grants": list(scope.grants),
+    }
+
+
+def approve_for_issuance(access_request, *, actor):
+    """Mark a locked request approved and hand it to issuance after commit.
+
+    Called by the approval service inside its transaction, once the last needed
+    approval is recorded: the only way from approvals to a credential.
+    """
+    now = clock.now()
+    access_request.status = Status.APPROVED
+    access_request.decided_at = now
+    access_request.save(update_fields=["status", "decided_at"])
+    grant = Grant.objects.create(
+        request=access_request,
+        principal=_principal_for(access_request),
+        target_snapshot=_snapshot(access_request.target, access_request.scope),
+        approved_at=now,
+    )
+    record(
+        "request.approved",
+        access_request,
+        actor=actor,
+        data={"approvals": access_request.approvals_required},
+    )
+    transaction.on_commit(lambda: _queue("issue_grant", grant.pk))
+    return grant
+
+
+def _queue(task_name, grant_id, **options):
+    from . import tasks
+
+    try:
+        getattr(tasks, task_name).apply_async((grant_id,), **options)
+    except Exception:
+        # The broker is unreachable: the grant row says what is due and the
+        # sweep will do it once a worker runs.
+        logger.exception("could not queue %s for grant %s", task_name, grant_id)
+
+
+@sensitive_variables("credential")
+def issue_grant(grant_id):
+    """Create the credential on the target; return the grant.
+
+    A failure is retried by the sweep with backoff; the last one fails the request.
+    """
+    with transaction.atomic():
+        # The lock is held across the provider call so that a duplicate or
+        # concurrent delivery of this task waits, then finds the grant issued.
+        grant = _lock_grant(grant_id)
+        access_request = grant.request
+        if access_request.status != Status.APPROVED:
+            return grant
+
+        now = clock.now()
+        expires_at = now + timedelta(minutes=access_request.duration_minutes)
+        grant.issue_attempts += 1
+        try:
+            credential = provider_for(grant.target_snapshot["kind"]).issue(
+                grant.target_snapshot,
+                principal=grant.principal,
+                expires_at=expires_at,
+                key_id=_key_id(access_request, grant),
+                public_key=access_request.public_key,
+            )
+        except ProviderError as exc:
+            _issue_failed(grant, str(exc))
+            return grant
+
+        grant.issued_at = now
+        grant.expires_at = expires_at
+        grant.sealed_credential = sealing.seal(credential)
+        grant.retry_at = None
+        grant.last_error = ""
+        grant.save()
+        access_request.status = Status.ACTIVE
+        access_request.save(update_fields=["status"])
+        data = {"principal": grant.principal, "expires_at": expires_at.isoformat()}
+        if "serial" in credential:
+            data["certificate_serial"] = credential["serial"]
+            data["key_id"] = credential["key_id"]
+        record("grant.issued", access_request, actor=audit.SYSTEM, data=data)
+        transaction.on_commit(lambda: _queue("end_grant", grant.pk, eta=expires_at))
+    logger.info("grant %s issued as %s", grant.pk, grant.principal)
+    return grant
+
+
+def _key_id(access_request, grant):
+    return (
+        f"breakglass request {access_request.pk} "
+        f"by {access_request.requester.get_username()} "
+        f"incident {access_request.incident} grant {grant.principal}"
+    )
+
+
+def _issue_failed(grant, error):
+    access_request = grant.request
+    grant.last_error = error[:1000]
+    if grant.issue_attempts < MAX_ISSUE_ATTEMPTS:
+        grant.retry_at = clock.now() + _backoff(grant.issue_attempts)
+        grant.save(update_fields=["issue_attempts", "retry_at", "last_error"])
+        logger.warning(
+            "grant %s not issued (attempt %s): %s",
+            grant.pk,
+            grant.issue_attempts,
+            error,
+        )
+        return
+
+    # Whatever the failed attempts left behind on the target must not outlive
+    # the failure.
+    try:
+        provider_for(grant.target_snapshot["kind"]).revoke(
+            grant.target_snapshot, principal=grant.principal
+        )
+    except ProviderError:
+        logger.exception("cleanup after failed issuance of grant %s", grant.pk)
+    grant.retry_at = None
+    grant.ended_at = clock.now()
+    grant.save()
+    access_request.status = Status.FAILED
+    access_request.save(update_fields=["status"])
+    record(
+        "grant.issue_failed",
+        access_request,
+        actor=audit.SYSTEM,
+        data={"error": grant.last_error, "attempts": grant.issue_attempts},
+    )
+    logger.error("grant %s failed after %s attempts", grant.pk, grant.issue_attempts)
+
+
+# Revealing
+
+
+@sensitive_variables("credential")
+def reveal_credential(request_id, *, actor):
+    """Return the grant's credential to its requester, once."""
+    with transaction.atomic():
+        access_request = lock_request(request_id)
+        if access_request.requester_id != actor.pk:
+            raise NotAllowed("Only the requester can reveal the credential.")
+        grant = Grant.objects.select_for_update().filter(request=access_request).first()
+        if grant is not None and grant.revealed_at is not None:
+            raise CredentialAlreadyRevealed()
+        if access_request.status != Status.ACTIVE or grant.sealed_credential is None:
+            raise WrongState(
+                f"The request is {access_request.status}; there is no credential "
+                "to reveal.",
+                code="not_active",
+            )
+        credential = sealing.unseal(grant.sealed_credential)
+        grant.revealed_at = clock.now()
+        grant.sealed_credential = None
+        grant.save(update_fields=["revealed_at", "sealed_credential"])
+        record(
+            "credential.revealed",
+            access_request,
+            actor=actor,
+            data={"principal": grant.principal},
+        )
+    return credential
+
+
+# Ending
+
+
+def request_end(request_id, *, actor, reason=""):
+    """Ask for an active grant to end now; a worker revokes it straight away."""
+    with transaction.atomic():
+        access_request = lock_request(request_id)
+        if not can_end(actor, access_request):
+            raise NotAllowed(
+                "Only the requester, an eligible approver or an admin can end a grant."
+            )
+        grant = Grant.objects.select_for_update().filter(request=access_request).first()
+        if access_request.status != Status.ACTIVE:
+            raise WrongState(
+                f"The request is {access_request.status}; only an active grant "
+                "can be ended.",
+                code="not_active",
+            )
+        if grant.end_requested_at is None:
+            grant.end_requested_at = clock.now()
+            grant.end_requested_by = actor.get_username()
+            grant.end_reason = (reason or "").strip()[:2000]
+            grant.retry_at = None
+            grant.save(
+                update_fields=[
+                    "end_requested_at",
+                    "end_requested_by",
+                    "end_reason",
+                    "retry_at",
+                ]
+            )
+        transaction.on_commit(lambda: _queue("end_grant", grant.pk))
+    return access_request
+
+
+def can_end(user, access_request):
+    return (
+        user.pk == access_request.requester_id
+        or roles.has_role(user, roles.ADMIN)
+        or policy.is_eligible_approver(user, access_request)
+    )
+
+
+def end_grant(grant_id):
+    """Revoke a grant that is due to end (expired or asked to end); return if it ended.
+
+    Idempotent: a second delivery, or a second worker, finds it ended and does
+    nothing. A failure is alerted as critical and retried by the sweep with backoff.
+    """
+    with transaction.atomic():
+        grant = _lock_grant(grant_id)
+        access_request = grant.request
+        if access_request.status != Status.ACTIVE:
+            return False
+        now = clock.now()
+        early = grant.end_requested_at is not None and grant.end_requested_at < (
+            grant.expires_at
+        )
+        if not early and grant.expires_at > now:
+            return False
+
+        grant.revoke_attempts += 1
+        try:
+            provider_for(grant.target_snapshot["kind"]).revoke(
+                grant.target_snapshot, principal=grant.principal
+            )
+        except ProviderError as exc:
+            grant.last_error = str(exc)[:1000]
+            grant.retry_at = now + _backoff(grant.revoke_attempts)
+            grant.save(update_fields=["revoke_attempts", "last_error", "retry_at"])
+            record(
+                "grant.revocation_failed",
+                access_request,
+                actor=audit.SYSTEM,
+                data={
+                    "principal": grant.principal,
+                    "error": grant.last_error,
+                    "attempt": grant.revoke_attempts,
+                    "next_attempt_at": grant.retry_at.isoformat(),
+                },
+            )
+            logger.error(
+                "grant %s (%s) not revoked, attempt %s: %s",
+                grant.pk,
+                grant.principal,
+                grant.revoke_attempts,
+                grant.last_error,
+            )
+            return False
+
+        grant.ended_at = now
+        grant.sealed_credential = None
+        grant.retry_at = None
+        grant.last_error = ""
+        grant.save()
+        access_request.status = Status.REVOKED if early else Status.EXPIRED
+        access_request.save(update_fields=["status"])
+        data = {
+            "principal": grant.principal,
+            "expires_at": grant.expires_at.isoformat(),
+            "lag_seconds": round(max(0.0, (now - grant.expires_at).total_seconds()), 3),
+        }
+        if early:
+            data["lag_seconds"] = round((now - grant.end_requested_at).total_seconds(), 3)
+            data["reason"] = grant.end_reason
+            if grant.target_snapshot["kind"] == Target.Kind.SSH:
+                # An issued certificate cannot be recalled by the CA alone.
+                data["certificate_valid_until"] = grant.expires_at.isoformat()
+            record(
+                "grant.revoked",
+                access_request,
+                actor=grant.end_requested_by,
+                data=data,
+            )
+        else:
+            record("grant.expired", access_request, actor=audit.SYSTEM, data=data)
+    logger.info("grant %s ended (%s)", grant.pk, access_request.status)
+    return True
+
+
+# The sweep
+
+
+def sweep():
+    """Do whatever is due and was not done: time-outs, issuance, ends, alerts.
+
+    Runs every few seconds. Safe to run in several places at once: every step
+    locks its row and re-checks it.
+    """
+    from . import alerts
+
+    now = clock.now()
+    counts = {"timed_out": 0, "issued": 0, "ended": 0, "alerts": 0}
+
+    overdue = AccessRequest.objects.filter(
+        status=Status.PENDING, approval_deadline__lte=now
+    ).values_list("pk", flat=True)
+    for request_id in list(overdue[:500]):
+        counts["timed_out"] += time_out_request(request_id)
+
+    stalled = Grant.objects.filter(request__status=Status.APPROVED).filter(
+        _due_retry(now) | _stalled(now)
+    )
+    for grant_id in list(stalled.values_list("pk", flat=True)[:100]):
+        grant = issue_grant(grant_id)
+        counts["issued"] += grant.issued_at is not None
+
+    ending = (
+        Grant.objects.filter(request__status=Status.ACTIVE)
+        .filter(Q(expires_at__lte=now) | Q(end_requested_at__isnull=False))
+        .filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now))
+        .order_by("expires_at")
+    )
+    for grant_id in list(ending.values_list("pk", flat=True)[:500]):
+        counts["ended"] += end_grant(grant_id)
+
+    for alert_id in alerts.due_alert_ids():
+        counts["alerts"] += alerts.deliver(alert_id)
+    return counts
+
+
+def _due_retry(now):
+    return Q(retry_at__isnull=False, retry_at__lte=now)
+
+
+def _stalled(now):
+    return Q(retry_at__isnull=True, approved_at__lte=now - ISSUE_STALL)
+

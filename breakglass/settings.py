@@ -1,0 +1,216 @@
+"""Settings for Breakglass, read from the environment (see CONTRACT.md, section 1)."""
+
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+VAR_DIR = Path(env.str("BREAKGLASS_VAR_DIR", default=str(BASE_DIR / "var")))
+
+
+def _setting(name, parse, default):
+    """Read one variable, stopping the process with its name if it is malformed."""
+    try:
+        return parse(name, default=default)
+    except (ValueError, TypeError, ImproperlyConfigured) as exc:
+        raise ImproperlyConfigured(f"{name} has an invalid value: {exc}") from None
+
+
+def _url_list(name):
+    urls = _setting(name, env.list, [])
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ImproperlyConfigured(f"{name} must hold http(s) addresses, not {url!r}")
+    return urls
+
+
+DEMO = _setting("BREAKGLASS_DEMO", env.bool, False)
+DEBUG = _setting("DEBUG", env.bool, False)
+ALLOWED_HOSTS = _setting("ALLOWED_HOSTS", env.list, ["localhost", "127.0.0.1"])
+
+
+def _secret_key():
+    key = env.str("SECRET_KEY", default="")
+    if key:
+        return key
+    if not DEMO:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set; set it, or use the demo run command, "
+            "which keeps one under ./var/"
+        )
+    # The demo keeps its key on disk so sessions and sealed secrets survive restarts.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "knox",
+    "drf_spectacular",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "breakglass",
+    "approvals",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "breakglass.urls"
+WSGI_APPLICATION = "breakglass.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": _setting(
+        "DATABASE_URL", env.db_url, f"sqlite:///{VAR_DIR / 'breakglass.sqlite3'}"
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded database is shared by the web server, the worker and the
+    # scheduler: wait for the write lock instead of failing at once.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    if not str(DATABASES["default"]["NAME"]).startswith(":"):
+        Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False
+X_FRAME_OPTIONS = "DENY"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "knox.auth.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "breakglass.api.errors.handle_exception",
+}
+REST_KNOX = {"TOKEN_TTL": None, "AUTH_HEADER_PREFIX": "Token"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Breakglass API",
+    "DESCRIPTION": "Emergency access requests, approvals, grants and the audit trail.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Celery: an embedded broker on disk unless CELERY_BROKER_URL names a real one.
+CELERY_BROKER_URL = _setting("CELERY_BROKER_URL", env.str, "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS = {}
+if CELERY_BROKER_URL == "filesystem://":
+    _queue_dir = VAR_DIR / "broker"
+    _queue_dir.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue_dir),
+        "data_folder_out": str(_queue_dir),
+    }
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+BREAKGLASS_SWEEP_SECONDS = _setting("BREAKGLASS_SWEEP_SECONDS", env.float, 5.0)
+
+# Alerts (CONTRACT.md, section 6).
+BREAKGLASS_ALERT_WEBHOOK_URLS = _url_list("BREAKGLASS_ALERT_WEBHOOK_URLS")
+BREAKGLASS_ALERT_WEBHOOK_SECRET = env.str("BREAKGLASS_ALERT_WEBHOOK_SECRET", default="")
+if BREAKGLASS_ALERT_WEBHOOK_URLS and not BREAKGLASS_ALERT_WEBHOOK_SECRET:
+    raise ImproperlyConfigured(
+        "BREAKGLASS_ALERT_WEBHOOK_SECRET must be set when "
+        "BREAKGLASS_ALERT_WEBHOOK_URLS is set: unsigned alerts could be forged"
+    )
+BREAKGLASS_ALERT_EMAILS = _setting("BREAKGLASS_ALERT_EMAILS", env.list, [])
+BREAKGLASS_ALERT_TIMEOUT_SECONDS = _setting(
+    "BREAKGLASS_ALERT_TIMEOUT_SECONDS", env.float, 5.0
+)
+BREAKGLASS_CONFIG = env.str("BREAKGLASS_CONFIG", default="")
+BREAKGLASS_BASE_URL = env.str("BREAKGLASS_BASE_URL", default="http://127.0.0.1:8000")
+
+EMAIL_BACKEND = _setting(
+    "EMAIL_BACKEND",
+    env.str,
+    "django.core.mail.backends.console.EmailBackend"
+    if DEMO or DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = _setting("EMAIL_PORT", env.int, 25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = _setting("EMAIL_USE_TLS", env.bool, False)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="breakglass@localhost")
+
+OTP_TOTP_ISSUER = "Breakglass"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,33 @@
+"""Celery tasks: thin wrappers that load by id and call a service."""
+
+import logging
+
+from celery import shared_task
+
+from . import alerts, services
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="breakglass.tasks.issue_grant")
+def issue_grant(grant_id):
+    services.issue_grant(grant_id)
+
+
+@shared_task(name="breakglass.tasks.end_grant")
+def end_grant(grant_id):
+    services.end_grant(grant_id)
+
+
+@shared_task(name="breakglass.tasks.deliver_alert")
+def deliver_alert(alert_id):
+    # An undelivered alert keeps its row and its next attempt time; the sweep
+    # tries it again then, so a lost task loses nothing.
+    alerts.deliver(alert_id)
+
+
+@shared_task(name="breakglass.tasks.sweep", expires=60)
+def sweep():
+    counts = services.sweep()
+    if any(counts.values()):
+        logger.info("sweep: %s", counts)
