@@ -53,7 +53,9 @@ def _check_can_vote(access_request, approver):
             f"The request is already {access_request.status}.", code="already_decided"
         )
     if access_request.approvals.filter(approver=approver).exists():
-        raise WrongState("You have already voted on this request.", code="already_voted")
+        raise WrongState(
+            "You have already voted on this request.", code="already_voted"
+        )
 
 
 @sensitive_variables("code")

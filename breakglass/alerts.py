@@ -31,8 +31,12 @@ def severity(action):
     return "critical" if action in CRITICAL_ACTIONS else "info"
 
 
-def queue_alerts(event):
-    """Create the event's alerts and start their delivery once the transaction commits."""
+def queue_alerts(event, *, notify=()):
+    """Create the event's alerts and start their delivery once the transaction commits.
+
+    `notify` holds extra email addresses for this event only, such as the
+    approvers a new request waits for.
+    """
     now = clock.now()
     destinations = [
         (Alert.Channel.WEBHOOK, url) for url in settings.BREAKGLASS_ALERT_WEBHOOK_URLS
@@ -41,6 +45,9 @@ def queue_alerts(event):
         destinations.append(
             (Alert.Channel.EMAIL, ",".join(settings.BREAKGLASS_ALERT_EMAILS))
         )
+    extra = sorted(set(notify) - set(settings.BREAKGLASS_ALERT_EMAILS))
+    if extra:
+        destinations.append((Alert.Channel.EMAIL, ",".join(extra)))
     created = Alert.objects.bulk_create(
         Alert(
             event=event,

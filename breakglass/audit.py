@@ -38,11 +38,12 @@ def compute_hash(event):
     return hashlib.sha256(canonical_content(event)).hexdigest()
 
 
-def record_event(action, *, actor, subject=None, data=None):
+def record_event(action, *, actor, subject=None, data=None, notify=()):
     """Append an event and queue its alerts; call inside the state change's transaction.
 
     `subject` names what the event is about: request id, incident, target, scope
-    and requester. `data` must never hold a secret.
+    and requester. `data` must never hold a secret. `notify` adds email addresses
+    that get this event besides the configured channels.
     """
     subject = subject or {}
     with transaction.atomic():
@@ -67,7 +68,7 @@ def record_event(action, *, actor, subject=None, data=None):
         event.data = json.loads(json.dumps(event.data))
         event.hash = compute_hash(event)
         event.save()
-        alerts.queue_alerts(event)
+        alerts.queue_alerts(event, notify=notify)
     return event
 
 

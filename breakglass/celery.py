@@ -1,4 +1,4 @@
-"""The Celery application: `celery -A breakglass worker` and `celery -A breakglass beat`."""
+"""The Celery application: `celery -A breakglass worker` and `... beat`."""
 
 import os
 

@@ -17,7 +17,13 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_MINUTES = 7 * 24 * 60
 
 TARGET_KEYS = {
-    "name", "kind", "environment", "connection_env", "ca_key_env", "scopes", "policy",
+    "name",
+    "kind",
+    "environment",
+    "connection_env",
+    "ca_key_env",
+    "scopes",
+    "policy",
 }
 SCOPE_KEYS = {"name", "grants"}
 POLICY_DEFAULTS = {
@@ -46,7 +52,8 @@ def load(text):
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError("", f"not valid YAML{where}: {problem}") from None
     if not isinstance(document, dict) or "targets" not in document:
         raise ConfigError("", "the file must be a mapping with a 'targets' list")
     _no_unknown_keys(document, {"targets"}, "")
@@ -70,7 +77,9 @@ def _no_unknown_keys(mapping, allowed, path):
     for key in mapping:
         if key not in allowed:
             where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            raise ConfigError(
+                where, f"unknown key (allowed: {', '.join(sorted(allowed))})"
+            )
 
 
 def _string(mapping, key, path, *, required=False, pattern=None, default=""):
@@ -101,8 +110,14 @@ def _string_list(mapping, key, path, *, required=False):
 
 def _minutes(mapping, key, path, low, high):
     value = mapping[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{path}.{key}", f"must be a whole number from {low} to {high}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not low <= value <= high
+    ):
+        raise ConfigError(
+            f"{path}.{key}", f"must be a whole number from {low} to {high}"
+        )
     return value
 
 
@@ -169,7 +184,9 @@ def _policy(policy, path):
     try:
         re.compile(cleaned["incident_pattern"])
     except re.error as exc:
-        raise ConfigError(f"{path}.incident_pattern", f"not a valid regular expression: {exc}")
+        raise ConfigError(
+            f"{path}.incident_pattern", f"not a valid regular expression: {exc}"
+        ) from None
     return cleaned
 
 
@@ -212,7 +229,11 @@ def apply(targets, *, source, actor=audit.SYSTEM):
         audit.record_event(
             "config.applied",
             actor=actor,
-            data={"source": source["name"], "sha256": source["sha256"], "targets": names},
+            data={
+                "source": source["name"],
+                "sha256": source["sha256"],
+                "targets": names,
+            },
         )
     return names
 
@@ -222,12 +243,12 @@ def _groups(names):
 
 
 def apply_file(path, *, actor=audit.SYSTEM):
-    """Validate and apply the file at `path`; raise ConfigError and change nothing if bad."""
+    """Validate and apply the file at `path`; if it is bad, raise and change nothing."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
     except OSError as exc:
-        raise ConfigError("", f"cannot read the file: {exc.strerror}")
+        raise ConfigError("", f"cannot read the file: {exc.strerror}") from None
     targets = load(raw.decode("utf-8", errors="replace"))
     source = {"name": str(path), "sha256": hashlib.sha256(raw).hexdigest()}
     return apply(targets, source=source, actor=actor)

@@ -3,6 +3,8 @@
 import re
 from dataclasses import dataclass
 
+from django.contrib.auth import get_user_model
+
 from . import roles
 from .errors import InvalidInput, NotAllowed
 
@@ -61,14 +63,26 @@ def check_request(target, decision, *, duration_minutes, incident):
             f"for {target.name}."
         ]
     if fields:
-        raise InvalidInput("The request does not meet the target's policy.", fields=fields)
+        raise InvalidInput(
+            "The request does not meet the target's policy.", fields=fields
+        )
+
+
+def eligible_approvers(access_request):
+    """Return the active users who may vote on the request; never its requester."""
+    approvers = (
+        get_user_model()
+        .objects.filter(is_active=True, groups__name=roles.APPROVER)
+        .exclude(pk=access_request.requester_id)
+    )
+    groups = list(access_request.approver_groups.all())
+    if groups:
+        approvers = approvers.filter(groups__in=groups)
+    return approvers.distinct()
 
 
 def is_eligible_approver(user, access_request):
     """Return whether the user may vote on the request; never its requester."""
-    if user.pk == access_request.requester_id:
+    if not user.is_authenticated or user.pk == access_request.requester_id:
         return False
-    if not roles.has_role(user, roles.APPROVER):
-        return False
-    groups = {group.name for group in access_request.approver_groups.all()}
-    return not groups or bool(groups & roles.group_names(user))
+    return eligible_approvers(access_request).filter(pk=user.pk).exists()

@@ -14,7 +14,7 @@ def _with_relations(queryset):
 
 
 def visible_requests(user):
-    """Return the requests the user may see: their own, those they may approve, or all."""
+    """Return the requests the user may see: own, approvable, or all."""
     queryset = _with_relations(AccessRequest.objects.all())
     if roles.has_role(user, roles.ADMIN) or roles.has_role(user, roles.COMPLIANCE):
         return queryset
@@ -45,6 +45,17 @@ def awaiting_decision(user):
         for r in pending.exclude(approvals__approver=user)
         if policy.is_eligible_approver(user, r)
     ]
+
+
+def approver_emails(access_request):
+    """Return the addresses of the approvers a new request waits for."""
+    return sorted(
+        email
+        for email in policy.eligible_approvers(access_request).values_list(
+            "email", flat=True
+        )
+        if email
+    )
 
 
 def can_read_trail(user):

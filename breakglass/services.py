@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.views.decorators.debug import sensitive_variables
 
-from . import audit, clock, policy, roles, sealing
+from . import audit, clock, policy, roles, sealing, selectors
 from .errors import (
     CredentialAlreadyRevealed,
     InvalidInput,
@@ -48,11 +48,15 @@ def subject_of(access_request):
     }
 
 
-def record(action, access_request, *, actor, data=None):
+def record(action, access_request, *, actor, data=None, notify=()):
     """Append an event about the request to the trail, with its alerts."""
     name = actor.get_username() if hasattr(actor, "get_username") else actor
     return audit.record_event(
-        action, actor=name, subject=subject_of(access_request), data=data
+        action,
+        actor=name,
+        subject=subject_of(access_request),
+        data=data,
+        notify=notify,
     )
 
 
@@ -143,6 +147,7 @@ def create_request(
                 "policy_rule": decision.rule,
                 "approval_deadline": access_request.approval_deadline.isoformat(),
             },
+            notify=selectors.approver_emails(access_request),
         )
     logger.info("request %s created by %s", access_request.pk, requester)
     return access_request
@@ -489,7 +494,9 @@ def end_grant(grant_id):
             "lag_seconds": round(max(0.0, (now - grant.expires_at).total_seconds()), 3),
         }
         if early:
-            data["lag_seconds"] = round((now - grant.end_requested_at).total_seconds(), 3)
+            data["lag_seconds"] = round(
+                (now - grant.end_requested_at).total_seconds(), 3
+            )
             data["reason"] = grant.end_reason
             if grant.target_snapshot["kind"] == Target.Kind.SSH:
                 # An issued certificate cannot be recalled by the CA alone.
@@ -553,4 +560,3 @@ def _due_retry(now):
 
 def _stalled(now):
     return Q(retry_at__isnull=True, approved_at__lte=now - ISSUE_STALL)
-

@@ -25,7 +25,9 @@ def _url_list(name):
     urls = _setting(name, env.list, [])
     for url in urls:
         if not url.startswith(("http://", "https://")):
-            raise ImproperlyConfigured(f"{name} must hold http(s) addresses, not {url!r}")
+            raise ImproperlyConfigured(
+                f"{name} must hold http(s) addresses, not {url!r}"
+            )
     return urls
 
 

@@ -43,7 +43,9 @@ def handle_exception(exc, context):
     if isinstance(exc, exceptions.APIException):
         code = next((c for k, c in _CODES.items() if isinstance(exc, k)), "error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        if isinstance(
+            exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed
+        ):
             status_code = status.HTTP_401_UNAUTHORIZED
         else:
             status_code = exc.status_code

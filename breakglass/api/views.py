@@ -1,4 +1,4 @@
-"""REST API, version 1 (CONTRACT.md, section 4): one view per operation, calling services."""
+"""REST API, version 1 (CONTRACT.md, section 4): one view per operation."""
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
@@ -123,8 +123,13 @@ class RevokeView(APIView):
 class CredentialView(APIView):
     @extend_schema(
         request=None,
-        responses={200: CredentialSerializer, 403: ERROR, 404: ERROR, 409: ERROR,
-                   410: ERROR},
+        responses={
+            200: CredentialSerializer,
+            403: ERROR,
+            404: ERROR,
+            409: ERROR,
+            410: ERROR,
+        },
     )
     def post(self, request, pk):
         selectors.get_visible_request(pk, request.user)
@@ -159,7 +164,9 @@ class AuditVerifyView(APIView):
     def get(self, request):
         _require_trail_reader(request.user)
         checked, first_bad = audit.verify_chain()
-        return Response({"ok": first_bad is None, "checked": checked, "first_bad": first_bad})
+        return Response(
+            {"ok": first_bad is None, "checked": checked, "first_bad": first_bad}
+        )
 
 
 def _require_trail_reader(user):

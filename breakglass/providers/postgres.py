@@ -76,9 +76,9 @@ class PostgresProvider(Provider):
                 ).fetchone()
                 if not exists:
                     return
-                conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(
-                    sql.Identifier(principal)
-                ))
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(principal))
+                )
                 _terminate_sessions(conn, principal)
                 databases = conn.execute(
                     "SELECT DISTINCT d.datname FROM pg_shdepend s "
@@ -107,7 +107,9 @@ def _admin_dsn(snapshot):
 
 
 def _connect(dsn):
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    return psycopg.connect(
+        dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+    )
 
 
 def _terminate_sessions(conn, principal):

@@ -21,8 +21,13 @@ class RedisProvider(Provider):
             client = _client(url)
             # `reset` first: a retry after a crash starts from a user with nothing.
             client.execute_command(
-                "ACL", "SETUSER", principal, "reset", "on",
-                f">{password}", *snapshot["grants"],
+                "ACL",
+                "SETUSER",
+                principal,
+                "reset",
+                "on",
+                f">{password}",
+                *snapshot["grants"],
             )
         except redis.RedisError as exc:
             raise ProviderError(f"Redis: {exc}") from None

@@ -77,8 +77,9 @@ def load_ca_key(snapshot):
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
-        raise ProviderError(f"cannot read the CA key named by {snapshot['ca_key_env']}: "
-                            f"{exc.strerror}") from None
+        raise ProviderError(
+            f"cannot read the CA key named by {snapshot['ca_key_env']}: {exc.strerror}"
+        ) from None
     try:
         return serialization.load_ssh_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -86,4 +87,3 @@ def load_ca_key(snapshot):
             f"the CA key named by {snapshot['ca_key_env']} is not an unencrypted "
             "OpenSSH private key"
         ) from None
-

@@ -43,7 +43,9 @@ class Command(BaseCommand):
             try:
                 validate_email(options["email"])
             except ValidationError:
-                raise CommandError(f"--email: {options['email']!r} is not an address")
+                raise CommandError(
+                    f"--email: {options['email']!r} is not an address"
+                ) from None
 
         User = get_user_model()
         with transaction.atomic():
@@ -52,7 +54,7 @@ class Command(BaseCommand):
                 try:
                     validate_password(password, user)
                 except ValidationError as exc:
-                    raise CommandError("password: " + " ".join(exc.messages))
+                    raise CommandError("password: " + " ".join(exc.messages)) from None
                 user.set_password(password)
             elif created:
                 user.set_unusable_password()
