@@ -24,7 +24,7 @@ from .errors import (
     WrongState,
 )
 from .models import AccessRequest, Grant, Scope, Target
-from .providers import provider_for
+from .providers import provider_for, ssh
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +105,16 @@ def create_request(
     incident = (incident or "").strip()
     if not reason:
         raise InvalidInput("A reason is required.", fields={"reason": ["Required."]})
+    public_key = (public_key or "").strip()
     if public_key and target_obj.kind != Target.Kind.SSH:
         raise InvalidInput(
             "A public key is only for SSH targets.",
             fields={"public_key": ["Only for SSH targets."]},
+        )
+    if public_key and not ssh.is_usable_public_key(public_key):
+        raise InvalidInput(
+            "The public key is not an OpenSSH public key.",
+            fields={"public_key": ["Paste one line such as ssh-ed25519 AAAA... ."]},
         )
 
     decision = policy.decide(target_obj, scope_obj, requester)
@@ -125,7 +131,7 @@ def create_request(
             duration_minutes=duration_minutes,
             reason=reason,
             incident=incident,
-            public_key=public_key.strip(),
+            public_key=public_key,
             approvals_required=decision.approvals_required,
             policy_rule=decision.rule,
             created_at=now,

@@ -70,6 +70,15 @@ class SshProvider(Provider):
         return None
 
 
+def is_usable_public_key(text):
+    """Return whether the text is one OpenSSH public key that can be certified."""
+    try:
+        key = serialization.load_ssh_public_key(text.strip().encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return not isinstance(key, serialization.SSHCertificate)
+
+
 def load_ca_key(snapshot):
     """Load the CA private key from the file the target's environment variable names."""
     path = env_value(snapshot.get("ca_key_env"), "CA key file")
