@@ -1,0 +1,10 @@
+# The two commands of the README; the scripts do the work so that they also run
+# without make.
+
+.PHONY: run test
+
+run:
+	@scripts/run
+
+test:
+	@scripts/test $(PYTEST_ARGS)
