@@ -1,7 +1,336 @@
+"""Server-rendered pages: thin views over the services and selectors.
+
+Every refusal from a service (a BreakglassError) is shown on the page it came
+from, with the error's HTTP status.
+"""
+
+import re
+import shlex
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Prefetch
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_variables
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from psycopg.conninfo import make_conninfo
+
+from . import audit, policy, roles, selectors, services
+from .errors import BreakglassError, NotAllowed, NotVisible, Throttled
+from .forms import EndForm, RequestForm, TrailFilterForm, VoteForm
+from .models import AccessRequest, Scope, Target
+
+Status = AccessRequest.Status
+
+TRAIL_PAGE_SIZE = 100
+HOME_LIST_SIZE = 50
+
+
+def visible_request(request_id, user):
+    """Return the request if the user may see it; a 404 otherwise."""
+    try:
+        return selectors.get_visible_request(request_id, user)
+    except NotVisible:
+        raise Http404("No such request, or you may not see it.") from None
+
+
+def render_detail(request, access_request, *, status=200, error=None, **forms):
+    """Render a request's page with the actions open to the viewer."""
+    user = request.user
+    grant = getattr(access_request, "grant", None)
+    approvals = list(access_request.approvals.all())
+    is_requester = access_request.requester_id == user.pk
+    is_pending = access_request.status == Status.PENDING
+    is_active = access_request.status == Status.ACTIVE
+    voted = any(a.approver_id == user.pk for a in approvals)
+    show_trail = is_requester or selectors.can_read_trail(user)
+    context = {
+        "access_request": access_request,
+        "grant": grant,
+        "approvals": approvals,
+        "approvals_received": sum(a.decision == a.Decision.APPROVED for a in approvals),
+        "approver_groups": [g.name for g in access_request.approver_groups.all()],
+        "is_requester": is_requester,
+        "voted": voted,
+        "can_vote": is_pending
+        and not voted
+        and policy.is_eligible_approver(user, access_request),
+        "can_cancel": is_pending and is_requester,
+        "can_end": is_active
+        and grant is not None
+        and grant.end_requested_at is None
+        and services.can_end(user, access_request),
+        "can_reveal": is_active
+        and is_requester
+        and grant is not None
+        and grant.revealed_at is None,
+        "events": selectors.events(request=access_request.pk) if show_trail else None,
+        "error": error,
+        "vote_form": forms.get("vote_form") or VoteForm(),
+        "end_form": forms.get("end_form") or EndForm(),
+    }
+    return render(request, "breakglass/request_detail.html", context, status=status)
+
+
+def render_refusal(request, request_id, exc, **forms):
+    """Show a service's refusal on the request's page, with the refusal's status."""
+    access_request = visible_request(request_id, request.user)
+    response = render_detail(
+        request, access_request, status=exc.status, error=exc.detail, **forms
+    )
+    if isinstance(exc, Throttled):
+        response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+# Home
 
 
 @login_required
+@require_GET
 def home(request):
-    return render(request, "breakglass/home.html")
+    user = request.user
+    visible = selectors.visible_requests(user)
+    others = []
+    if roles.has_role(user, roles.APPROVER) or selectors.can_read_trail(user):
+        others = visible.exclude(requester=user)[:HOME_LIST_SIZE]
+    context = {
+        "my_requests": visible.filter(requester=user)[:HOME_LIST_SIZE],
+        "awaiting": selectors.awaiting_decision(user),
+        "other_requests": others,
+        "is_requester": roles.has_role(user, roles.REQUESTER),
+        "can_read_trail": selectors.can_read_trail(user),
+    }
+    return render(request, "breakglass/home.html", context)
+
+
+# Requesting
+
+
+def _targets_for(user):
+    """Return (targets the user may ask for, targets refused with the reason)."""
+    targets = (
+        Target.objects.filter(is_active=True, policy__isnull=False)
+        .select_related("policy")
+        .prefetch_related(
+            Prefetch(
+                "scopes",
+                queryset=Scope.objects.filter(is_active=True),
+                to_attr="active_scopes",
+            )
+        )
+    )
+    offered, refused = [], []
+    for target in targets:
+        if not target.active_scopes:
+            continue
+        try:
+            target.rule = policy.decide(target, target.active_scopes[0], user).rule
+        except NotAllowed as exc:
+            target.refusal = exc.detail
+            refused.append(target)
+        else:
+            offered.append(target)
+    return offered, refused
+
+
+def _show_errors(form, exc):
+    for field, problems in (exc.fields or {}).items():
+        form.add_error(field if field in form.fields else None, problems)
+    if not exc.fields:
+        form.add_error(None, exc.detail)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def new_request(request):
+    if not roles.has_role(request.user, roles.REQUESTER):
+        raise PermissionDenied(
+            "Only people with the requester role can ask for access."
+        )
+    offered, refused = _targets_for(request.user)
+    form = RequestForm(request.POST or None, targets=offered)
+    status = 200
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            try:
+                created = services.create_request(
+                    requester=request.user, **form.cleaned_data
+                )
+            except BreakglassError as exc:
+                _show_errors(form, exc)
+                status = exc.status
+            else:
+                messages.success(
+                    request,
+                    f"Request {created.pk} is open and waits for "
+                    f"{created.approvals_required} approval(s).",
+                )
+                return redirect("request-detail", created.pk)
+    context = {"form": form, "targets": offered, "refused_targets": refused}
+    return render(request, "breakglass/request_new.html", context, status=status)
+
+
+# One request
+
+
+@login_required
+@require_GET
+def request_detail(request, pk):
+    return render_detail(request, visible_request(pk, request.user))
+
+
+@login_required
+@require_POST
+def cancel(request, pk):
+    visible_request(pk, request.user)
+    try:
+        services.cancel_request(pk, actor=request.user)
+    except BreakglassError as exc:
+        return render_refusal(request, pk, exc)
+    messages.success(request, "The request is cancelled.")
+    return redirect("request-detail", pk)
+
+
+@login_required
+@require_POST
+def end(request, pk):
+    access_request = visible_request(pk, request.user)
+    form = EndForm(request.POST)
+    if not form.is_valid():
+        return render_detail(request, access_request, status=400, end_form=form)
+    try:
+        services.request_end(pk, actor=request.user, reason=form.cleaned_data["reason"])
+    except BreakglassError as exc:
+        return render_refusal(request, pk, exc, end_form=form)
+    messages.success(request, "The grant is being revoked; this takes a few seconds.")
+    return redirect("request-detail", pk)
+
+
+@login_required
+@require_POST
+@never_cache
+@sensitive_variables("credential")
+def reveal(request, pk):
+    access_request = visible_request(pk, request.user)
+    try:
+        credential = services.reveal_credential(pk, actor=request.user)
+    except BreakglassError as exc:
+        return render_refusal(request, pk, exc)
+    context = {
+        "access_request": access_request,
+        "credential": credential,
+        "help": connection_help(credential, access_request),
+    }
+    return render(request, "breakglass/credential.html", context)
+
+
+@sensitive_variables("credential")
+def connection_help(credential, access_request):
+    """Return the commands that use the credential, ready to paste."""
+    kind = credential.get("kind")
+    username = credential.get("username", "")
+    if kind == Target.Kind.POSTGRES:
+        conninfo = make_conninfo(
+            host=credential["host"],
+            port=str(credential["port"]),
+            dbname=credential["dbname"],
+            user=username,
+        )
+        return {"psql": f"psql {_shell_quoted(conninfo)}"}
+    if kind == Target.Kind.REDIS:
+        return {
+            "redis_cli": shlex.join(
+                [
+                    "redis-cli",
+                    "-h",
+                    credential["host"],
+                    "-p",
+                    str(credential["port"]),
+                    "--user",
+                    username,
+                    "--askpass",
+                ]
+            )
+        }
+    if kind == Target.Kind.SSH:
+        base = f"~/.ssh/breakglass-{access_request.pk}"
+        generated = bool(credential.get("private_key"))
+        # Without a generated key, the certificate goes with the requester's own.
+        key = base if generated else "~/.ssh/id_ed25519"
+        # The target's name stands for its address; the page says to replace it.
+        host = access_request.target.name
+        return {
+            "key_file": base if generated else None,
+            "cert_file": f"{base}-cert.pub",
+            "ssh": f"ssh -i {key} -o CertificateFile={base}-cert.pub {username}@{host}",
+            "host": host,
+        }
+    return {}
+
+
+def _shell_quoted(text):
+    if re.fullmatch(r"[-\w.=:/ ']+", text):
+        return f'"{text}"'
+    return shlex.quote(text)
+
+
+# The trail
+
+
+def _require_trail_reader(user):
+    if not selectors.can_read_trail(user):
+        raise PermissionDenied(
+            "Only compliance reviewers and admins can read the trail."
+        )
+
+
+def _chain_state():
+    checked, first_bad = audit.verify_chain()
+    return {"checked": checked, "first_bad": first_bad}
+
+
+@login_required
+@require_GET
+def trail(request):
+    _require_trail_reader(request.user)
+    form = TrailFilterForm(request.GET or None)
+    status = 200
+    if not form.is_bound:
+        events = selectors.events()
+    elif form.is_valid():
+        events = selectors.events(**form.query())
+    else:
+        events = selectors.events().none()
+        status = 400
+    page = Paginator(events.reverse(), TRAIL_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    context = {"form": form, "page": page, "chain": _chain_state()}
+    return render(request, "breakglass/trail.html", context, status=status)
+
+
+@login_required
+@require_GET
+def incident(request, incident):
+    _require_trail_reader(request.user)
+    requests = (
+        selectors.visible_requests(request.user)
+        .filter(incident=incident)
+        .order_by("created_at", "pk")
+    )
+    events = selectors.events(incident=incident)
+    if not requests and not events.exists():
+        raise Http404("No request or event names this incident.")
+    context = {
+        "incident": incident,
+        "requests": requests,
+        "events": events,
+        "chain": _chain_state(),
+    }
+    return render(request, "breakglass/incident.html", context)

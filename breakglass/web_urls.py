@@ -1,10 +1,25 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from approvals import views as approval_views
+
 from . import views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("requests/new/", views.new_request, name="request-new"),
+    path("requests/<int:pk>/", views.request_detail, name="request-detail"),
+    path("requests/<int:pk>/approve/", approval_views.approve, name="request-approve"),
+    path("requests/<int:pk>/deny/", approval_views.deny, name="request-deny"),
+    path("requests/<int:pk>/cancel/", views.cancel, name="request-cancel"),
+    path("requests/<int:pk>/end/", views.end, name="request-end"),
+    path("requests/<int:pk>/credential/", views.reveal, name="request-reveal"),
+    path("trail/", views.trail, name="trail"),
+    path("incidents/<path:incident>/", views.incident, name="incident"),
+    path("account/otp/", approval_views.otp_devices, name="otp-devices"),
+    path("account/otp/add/", approval_views.otp_add, name="otp-add"),
+    path("account/otp/confirm/", approval_views.otp_confirm, name="otp-confirm"),
+    path("account/otp/discard/", approval_views.otp_discard, name="otp-discard"),
 ]

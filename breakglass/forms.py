@@ -1,0 +1,131 @@
+"""Web forms: they check the shape of input; the services decide what is allowed."""
+
+from datetime import UTC, datetime, time, timedelta
+
+from django import forms
+
+MAX_MINUTES = 7 * 24 * 60
+
+
+class RequestForm(forms.Form):
+    """Ask for access to one scope of one target."""
+
+    target = forms.ChoiceField()
+    scope = forms.ChoiceField(
+        help_text="Only the scopes of the chosen target are accepted."
+    )
+    duration_minutes = forms.IntegerField(
+        label="Duration (minutes)", min_value=1, max_value=MAX_MINUTES, initial=30
+    )
+    reason = forms.CharField(
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="What is broken and what you need to do; approvers read this.",
+    )
+    incident = forms.CharField(
+        label="Incident reference", max_length=200, help_text="For example INC-1234."
+    )
+    public_key = forms.CharField(
+        label="SSH public key (optional)",
+        required=False,
+        max_length=16000,
+        widget=forms.Textarea(
+            attrs={"rows": 2, "spellcheck": "false", "autocomplete": "off"}
+        ),
+        help_text="SSH targets only. Without one, a key pair is generated for you "
+        "and its private key is shown once with the certificate.",
+    )
+
+    def __init__(self, *args, targets, **kwargs):
+        """Offer the given targets and their active scopes, grouped by target."""
+        super().__init__(*args, **kwargs)
+        self.fields["target"].choices = [("", "Choose a target")] + [
+            (t.name, f"{t.name} ({t.get_kind_display()}, {t.environment or '-'})")
+            for t in targets
+        ]
+        self.fields["scope"].choices = [("", "Choose a scope")] + [
+            (t.name, [(f"{t.name}:{s.name}", s.name) for s in t.active_scopes])
+            for t in targets
+        ]
+        self.fields["duration_minutes"].widget.attrs["inputmode"] = "numeric"
+
+    def clean(self):
+        cleaned = super().clean()
+        target, scope = cleaned.get("target"), cleaned.get("scope")
+        if target and scope:
+            scope_target, _, scope_name = scope.partition(":")
+            if scope_target != target:
+                self.add_error(
+                    "scope",
+                    f"Scope {scope_name} belongs to {scope_target}, not {target}.",
+                )
+            else:
+                cleaned["scope"] = scope_name
+        return cleaned
+
+
+class VoteForm(forms.Form):
+    """Approve or deny a request, confirmed with a code from the approver's device."""
+
+    otp = forms.CharField(
+        label="One-time code",
+        max_length=12,
+        widget=forms.TextInput(
+            attrs={
+                "inputmode": "numeric",
+                "autocomplete": "one-time-code",
+                "pattern": "[0-9]{6}",
+                "size": 8,
+                "title": "The 6-digit code from your authenticator app",
+            }
+        ),
+        error_messages={"required": "Enter the 6-digit code from your authenticator."},
+    )
+    comment = forms.CharField(
+        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2})
+    )
+
+
+class EndForm(forms.Form):
+    """End an active grant now."""
+
+    reason = forms.CharField(
+        required=False, max_length=2000, widget=forms.TextInput(), label="Reason"
+    )
+
+
+class TrailFilterForm(forms.Form):
+    """Narrow the trail by incident, request and day (days are UTC, both inclusive)."""
+
+    incident = forms.CharField(required=False, max_length=200)
+    request = forms.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, label="Request id"
+    )
+    since = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From"
+    )
+    until = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To"
+    )
+
+    def clean(self):
+        cleaned = super().clean()
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and until < since:
+            self.add_error("until", "Must not be before the first day.")
+        return cleaned
+
+    def query(self):
+        """Return the filters as selectors.events takes them."""
+        data = self.cleaned_data
+        since = data.get("since")
+        until = data.get("until")
+        return {
+            "incident": data.get("incident") or None,
+            "request": data.get("request"),
+            "since": datetime.combine(since, time.min, UTC) if since else None,
+            # The last day is included: stop at the start of the next one.
+            "until": datetime.combine(until + timedelta(days=1), time.min, UTC)
+            if until
+            else None,
+        }

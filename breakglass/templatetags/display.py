@@ -1,0 +1,63 @@
+"""Template filters and tags for times, event data and roles."""
+
+import json
+import re
+from datetime import UTC, datetime
+
+from django import template
+from django.utils.html import format_html
+
+from .. import roles, selectors
+
+register = template.Library()
+
+_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+@register.filter
+def utc(value):
+    """Render a datetime in UTC, labelled, inside a machine-readable <time>."""
+    if not value:
+        return "—"
+    value = value.astimezone(UTC)
+    return format_html(
+        '<time datetime="{}">{} UTC</time>',
+        value.isoformat(timespec="seconds"),
+        value.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+
+
+@register.filter
+def event_data(data):
+    """Return an event's data as (key, text) pairs for display."""
+    pairs = []
+    for key, value in sorted((data or {}).items()):
+        if not isinstance(value, str):
+            text = json.dumps(value, sort_keys=True)
+        elif _ISO_TIME.match(value):
+            text = _utc_text(value)
+        else:
+            text = value
+        pairs.append((key, text))
+    return pairs
+
+
+def _utc_text(value):
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        return value
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@register.simple_tag
+def has_role(user, role):
+    """Return whether the user holds the role, for menus and buttons."""
+    return roles.has_role(user, role)
+
+
+@register.simple_tag
+def can_read_trail(user):
+    return user.is_authenticated and selectors.can_read_trail(user)

@@ -1,0 +1,121 @@
+"""The admin: targets and policies are edited there; nothing else can be changed."""
+
+import pytest
+
+from approvals.models import Approval
+from breakglass.models import AuditEvent, Grant, Policy, Target
+
+from .web_helpers import approve, issue, login, make_ssh_target, open_request
+
+
+@pytest.fixture
+def active(db, tmp_path, monkeypatch, alice, bob, carol):
+    make_ssh_target(tmp_path, monkeypatch)
+    access_request = open_request(alice)
+    approve(access_request, bob, carol)
+    issue(access_request)
+    return access_request
+
+
+def test_admin_cannot_add_change_or_delete_trail_or_approvals(active, ada):
+    client = login(ada)
+    event = AuditEvent.objects.first()
+    approval = Approval.objects.first()
+    before = list(AuditEvent.objects.values_list("seq", "hash"))
+
+    for model, row in [
+        ("breakglass/auditevent", event),
+        ("approvals/approval", approval),
+    ]:
+        assert client.get(f"/admin/{model}/").status_code == 200
+        assert client.get(f"/admin/{model}/add/").status_code == 403
+        assert client.post(f"/admin/{model}/add/", {}).status_code == 403
+        change = client.get(f"/admin/{model}/{row.pk}/change/")
+        assert change.status_code == 200
+        assert 'name="_save"' not in change.text
+        response = client.post(f"/admin/{model}/{row.pk}/change/", {"actor": "x"})
+        assert response.status_code == 403
+        assert client.post(f"/admin/{model}/{row.pk}/delete/").status_code == 403
+
+    assert list(AuditEvent.objects.values_list("seq", "hash")) == before
+    assert Approval.objects.count() == 2
+
+
+def test_admin_never_shows_the_sealed_credential(active, ada):
+    grant = Grant.objects.get(request=active)
+    assert grant.sealed_credential is not None
+
+    page = login(ada).get(f"/admin/breakglass/grant/{grant.pk}/change/")
+
+    assert page.status_code == 200
+    assert grant.principal in page.text
+    assert "sealed" not in page.text.lower()
+    assert login(ada).get("/admin/breakglass/grant/add/").status_code == 403
+
+
+def target_form(**changes):
+    data = {
+        "name": "cache",
+        "kind": "redis",
+        "environment": "production",
+        "connection_env": "CACHE_URL",
+        "ca_key_env": "",
+        "is_active": "on",
+        "scopes-TOTAL_FORMS": "1",
+        "scopes-INITIAL_FORMS": "0",
+        "scopes-MIN_NUM_FORMS": "1",
+        "scopes-MAX_NUM_FORMS": "1000",
+        "scopes-0-name": "read",
+        "scopes-0-grants": '["+@read", "~*"]',
+        "scopes-0-is_active": "on",
+        "policy-TOTAL_FORMS": "1",
+        "policy-INITIAL_FORMS": "0",
+        "policy-MIN_NUM_FORMS": "1",
+        "policy-MAX_NUM_FORMS": "1",
+        "policy-0-approvals_required": "2",
+        "policy-0-max_duration_minutes": "30",
+        "policy-0-approval_window_minutes": "15",
+        "policy-0-incident_pattern": "^INC-[0-9]+$",
+    }
+    data.update(changes)
+    return data
+
+
+def test_admin_creates_a_target_and_records_it(ada):
+    response = login(ada).post("/admin/breakglass/target/add/", target_form())
+
+    assert response.status_code == 302
+    target = Target.objects.get(name="cache")
+    assert target.scopes.get().grants == ["+@read", "~*"]
+    assert target.policy.max_duration_minutes == 30
+    event = AuditEvent.objects.get(action="config.applied")
+    assert (event.actor, event.data) == (
+        "ada",
+        {"source": "admin", "targets": ["cache"]},
+    )
+
+
+@pytest.mark.parametrize(
+    "changes, problem",
+    [
+        ({"policy-0-incident_pattern": "^INC-(["}, "Not a valid regular expression"),
+        ({"scopes-0-grants": "[]"}, "Give a non-empty list"),
+        ({"connection_env": ""}, "Required for a redis target."),
+        ({"kind": "ssh", "connection_env": ""}, "Required for an SSH target."),
+    ],
+)
+def test_admin_refuses_a_bad_target(ada, changes, problem):
+    response = login(ada).post("/admin/breakglass/target/add/", target_form(**changes))
+
+    assert response.status_code == 200
+    assert problem in response.text
+    assert not Target.objects.exists()
+    assert not Policy.objects.exists()
+    assert not AuditEvent.objects.exists()
+
+
+def test_admin_is_closed_to_non_staff(active, bob, cora):
+    for user in [bob, cora]:
+        response = login(user).get("/admin/breakglass/auditevent/")
+        assert response.status_code == 302
+        assert "/admin/login/" in response["Location"]
