@@ -38,7 +38,9 @@ def visible_request(request_id, user):
         raise Http404("No such request, or you may not see it.") from None
 
 
-def render_detail(request, access_request, *, status=200, error=None, **forms):
+def render_detail(
+    request, access_request, *, status=200, error=None, vote_form=None, end_form=None
+):
     """Render a request's page with the actions open to the viewer."""
     user = request.user
     grant = getattr(access_request, "grant", None)
@@ -70,17 +72,21 @@ def render_detail(request, access_request, *, status=200, error=None, **forms):
         and grant.revealed_at is None,
         "events": selectors.events(request=access_request.pk) if show_trail else None,
         "error": error,
-        "vote_form": forms.get("vote_form") or VoteForm(),
-        "end_form": forms.get("end_form") or EndForm(),
+        "vote_form": vote_form or VoteForm(),
+        "end_form": end_form or EndForm(),
     }
     return render(request, "breakglass/request_detail.html", context, status=status)
 
 
-def render_refusal(request, request_id, exc, **forms):
+def render_refusal(request, request_id, exc, *, vote_form=None, end_form=None):
     """Show a service's refusal on the request's page, with the refusal's status."""
-    access_request = visible_request(request_id, request.user)
     response = render_detail(
-        request, access_request, status=exc.status, error=exc.detail, **forms
+        request,
+        visible_request(request_id, request.user),
+        status=exc.status,
+        error=exc.detail,
+        vote_form=vote_form,
+        end_form=end_form,
     )
     if isinstance(exc, Throttled):
         response["Retry-After"] = str(exc.retry_after)
