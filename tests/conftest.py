@@ -109,3 +109,6 @@ def api():
         return client
 
     return client_for
+
+
+pytest_plugins = ["tests.fixtures"]

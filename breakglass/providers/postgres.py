@@ -123,11 +123,11 @@ def _terminate_sessions(conn, principal):
 
 
 def _disown(conn, principal):
-    """Hand what the role owns to the admin and drop its privileges in one database."""
-    role = sql.Identifier(principal)
+    """Drop what the role owns and the privileges it holds in one database."""
+    # Never reassigned to the admin: a function, view or index expression left
+    # by the grant would then run with the admin's rights after the grant ends.
     with conn.transaction():
-        conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(role))
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(principal)))
 
 
 def _drop_role(conn, principal):
