@@ -52,7 +52,11 @@ def decide(target, scope, requester):
 def check_request(target, decision, *, duration_minutes, incident):
     """Refuse a duration or incident reference the policy does not allow."""
     fields = {}
-    if duration_minutes < 1 or duration_minutes > decision.max_duration_minutes:
+    if (
+        isinstance(duration_minutes, bool)
+        or not isinstance(duration_minutes, int)
+        or not 1 <= duration_minutes <= decision.max_duration_minutes
+    ):
         fields["duration_minutes"] = [
             f"Must be between 1 and {decision.max_duration_minutes} minutes "
             f"for {target.name}."

@@ -105,6 +105,12 @@ def create_request(
     incident = (incident or "").strip()
     if not reason:
         raise InvalidInput("A reason is required.", fields={"reason": ["Required."]})
+    incident_length = AccessRequest._meta.get_field("incident").max_length
+    if len(incident) > incident_length:
+        raise InvalidInput(
+            "The incident reference is too long.",
+            fields={"incident": [f"At most {incident_length} characters."]},
+        )
     public_key = (public_key or "").strip()
     if public_key and target_obj.kind != Target.Kind.SSH:
         raise InvalidInput(
@@ -299,8 +305,8 @@ def issue_grant(grant_id):
                 key_id=_key_id(access_request, grant),
                 public_key=access_request.public_key,
             )
-        except ProviderError as exc:
-            _issue_failed(grant, str(exc))
+        except Exception as exc:
+            _issue_failed(grant, _describe_failure(exc))
             return grant
 
         grant.issued_at = now
@@ -319,6 +325,15 @@ def issue_grant(grant_id):
         transaction.on_commit(lambda: _queue("end_grant", grant.pk, eta=expires_at))
     logger.info("grant %s issued as %s", grant.pk, grant.principal)
     return grant
+
+
+def _describe_failure(exc):
+    """Return what the trail and the logs may say about a provider's failure."""
+    if isinstance(exc, ProviderError):
+        return str(exc)
+    # Not a failure the provider knows: its message may quote the target's
+    # connection settings, so only its kind is kept. It is retried all the same.
+    return f"unexpected {type(exc).__name__} from the provider"
 
 
 def _key_id(access_request, grant):
@@ -349,8 +364,12 @@ def _issue_failed(grant, error):
         provider_for(grant.target_snapshot["kind"]).revoke(
             grant.target_snapshot, principal=grant.principal
         )
-    except ProviderError:
-        logger.exception("cleanup after failed issuance of grant %s", grant.pk)
+    except Exception as exc:
+        logger.error(
+            "cleanup after failed issuance of grant %s: %s",
+            grant.pk,
+            _describe_failure(exc),
+        )
     grant.retry_at = None
     grant.ended_at = clock.now()
     grant.save()
@@ -463,8 +482,8 @@ def end_grant(grant_id):
             provider_for(grant.target_snapshot["kind"]).revoke(
                 grant.target_snapshot, principal=grant.principal
             )
-        except ProviderError as exc:
-            grant.last_error = str(exc)[:1000]
+        except Exception as exc:
+            grant.last_error = _describe_failure(exc)[:1000]
             grant.retry_at = now + _backoff(grant.revoke_attempts)
             grant.save(update_fields=["revoke_attempts", "last_error", "retry_at"])
             record(

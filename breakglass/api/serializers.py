@@ -2,6 +2,10 @@ from rest_framework import serializers
 
 from ..models import AccessRequest, AuditEvent
 
+# Ids, sequence numbers and offsets are PostgreSQL bigints: larger values are
+# invalid input, not a database error.
+MAX_BIGINT = 2**63 - 1
+
 
 class RequestCreateSerializer(serializers.Serializer):
     target = serializers.CharField(max_length=100)
@@ -149,10 +153,14 @@ class EventSerializer(serializers.ModelSerializer):
 
 class AuditQuerySerializer(serializers.Serializer):
     incident = serializers.CharField(required=False, max_length=200)
-    request = serializers.IntegerField(required=False, min_value=1)
+    request = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_BIGINT
+    )
     since = serializers.DateTimeField(required=False)
     until = serializers.DateTimeField(required=False)
-    after_seq = serializers.IntegerField(required=False, min_value=0)
+    after_seq = serializers.IntegerField(
+        required=False, min_value=0, max_value=MAX_BIGINT
+    )
     limit = serializers.IntegerField(required=False, min_value=1, max_value=10000)
 
 
@@ -163,7 +171,7 @@ class RequestQuerySerializer(serializers.Serializer):
     target = serializers.CharField(required=False, max_length=100)
     incident = serializers.CharField(required=False, max_length=200)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=1000)
-    offset = serializers.IntegerField(required=False, min_value=0)
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=MAX_BIGINT)
 
 
 class VerifySerializer(serializers.Serializer):

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from . import views
@@ -18,4 +18,6 @@ urlpatterns = [
     ),
     path("audit/", views.AuditListView.as_view(), name="api-audit"),
     path("audit/verify/", views.AuditVerifyView.as_view(), name="api-audit-verify"),
+    # Only addresses ending in a slash, so that a missing one is still redirected.
+    re_path(r"^(?P<path>.*/)$", views.UnknownView.as_view()),
 ]

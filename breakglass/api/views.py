@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 from approvals import services as approval_services
 
 from .. import audit, selectors, services
-from ..errors import NotAllowed
+from ..errors import NotAllowed, NotVisible
 from .serializers import (
     AuditQuerySerializer,
     CredentialSerializer,
@@ -172,3 +172,13 @@ class AuditVerifyView(APIView):
 def _require_trail_reader(user):
     if not selectors.can_read_trail(user):
         raise NotAllowed("Only compliance reviewers and admins can read the trail.")
+
+
+@extend_schema(exclude=True)
+class UnknownView(APIView):
+    """Answer any other address under the API in the contract's error shape."""
+
+    def get(self, request, path):
+        raise NotVisible("No such address in the API.")
+
+    post = put = patch = delete = get

@@ -1,6 +1,7 @@
 """PostgreSQL: a fresh login role per grant, dropped with its sessions at the end."""
 
 import logging
+import re
 import secrets
 
 import psycopg
@@ -148,4 +149,7 @@ def _describe(exc):
     message = diag.message_primary if diag else None
     if not message:
         message = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+    # A complaint about a malformed DSN quotes it, password included.
+    message = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)
+    message = re.sub(r"(password\s*=\s*)\S+", r"\1***", message, flags=re.I)
     return f"PostgreSQL: {message}"
