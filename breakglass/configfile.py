@@ -26,6 +26,16 @@ TARGET_KEYS = {
     "policy",
 }
 SCOPE_KEYS = {"name", "grants"}
+# The longest value a key may hold, as the database stores it.
+MAX_LENGTHS = {
+    "name": Target._meta.get_field("name").max_length,
+    "environment": Target._meta.get_field("environment").max_length,
+    "connection_env": Target._meta.get_field("connection_env").max_length,
+    "ca_key_env": Target._meta.get_field("ca_key_env").max_length,
+    "incident_pattern": Policy._meta.get_field("incident_pattern").max_length,
+    "approver_groups": Group._meta.get_field("name").max_length,
+    "requester_groups": Group._meta.get_field("name").max_length,
+}
 POLICY_DEFAULTS = {
     "approvals_required": 2,
     "approver_groups": [],
@@ -90,6 +100,7 @@ def _string(mapping, key, path, *, required=False, pattern=None, default=""):
         return default
     if not isinstance(value, str) or (required and not value.strip()):
         raise ConfigError(f"{path}.{key}", "must be a non-empty string")
+    _check_length(value, key, path)
     if pattern and not pattern.match(value):
         raise ConfigError(f"{path}.{key}", f"{value!r} is not allowed here")
     return value
@@ -105,7 +116,15 @@ def _string_list(mapping, key, path, *, required=False):
         raise ConfigError(f"{path}.{key}", "must be a list of non-empty strings")
     if required and not value:
         raise ConfigError(f"{path}.{key}", "must not be empty")
+    for item in value:
+        _check_length(item, key, path)
     return value
+
+
+def _check_length(value, key, path):
+    limit = MAX_LENGTHS.get(key)
+    if limit and len(value) > limit:
+        raise ConfigError(f"{path}.{key}", f"must be at most {limit} characters long")
 
 
 def _minutes(mapping, key, path, low, high):

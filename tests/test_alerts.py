@@ -303,3 +303,17 @@ def test_no_secret_reaches_an_alert(channels, receiver, alice, bob, carol, basti
     assert "credential.revealed" in sent
     assert credential["private_key"].strip() not in sent
     assert credential["certificate"].split()[1] not in sent
+
+
+def test_email_that_cannot_be_sent_is_kept(channels, settings, alice, bastion):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 2
+    open_request(alice)
+    alert = Alert.objects.filter(channel="email").first()
+
+    assert alerts.deliver(alert.pk) is False
+
+    alert.refresh_from_db()
+    assert (alert.attempts, alert.delivered_at) == (1, None)
+    assert alert.next_attempt_at > alert.created_at
+    assert "ConnectionRefused" in alert.last_error

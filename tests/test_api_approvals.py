@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 import time_machine
 
-from breakglass.models import AccessRequest, AuditEvent, Grant
+from breakglass.models import AccessRequest, Alert, AuditEvent, Grant
 
 from .conftest import make_user, otp_code
 from .flows import actions, last_event, make_ssh_ca, make_ssh_target, open_request
@@ -92,8 +92,10 @@ def test_deny(api, pending, bob):
 
 @pytest.mark.parametrize("action", ["approve", "deny"])
 def test_wrong_otp_is_403_and_leaves_only_an_otp_failed_event(
-    api, pending, bob, action
+    api, pending, bob, action, settings
 ):
+    settings.BREAKGLASS_ALERT_WEBHOOK_URLS = ["http://127.0.0.1:9/hook"]
+    settings.BREAKGLASS_ALERT_WEBHOOK_SECRET = "s"
     before = _state(pending)
     wrong = f"{(int(otp_code(bob)) + 1) % 1_000_000:06d}"
 
@@ -104,6 +106,8 @@ def test_wrong_otp_is_403_and_leaves_only_an_otp_failed_event(
     event = last_event("otp.failed")
     assert (event.actor, event.request_id) == ("bob", pending.pk)
     assert wrong not in str(event.data)
+    alert = Alert.objects.get(event=event)
+    assert (alert.channel, alert.destination) == ("webhook", "http://127.0.0.1:9/hook")
 
 
 def test_reused_otp_is_refused_on_a_second_request(api, alice, bob, bastion):

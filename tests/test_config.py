@@ -193,6 +193,12 @@ BAD_FILES = [
     _bad("targets", text="targets: {name: x}\n"),
     _bad("targets[0]", text="targets: [just-a-name]\n"),
     _bad("hosts", text="targets: []\nhosts: []\n"),
+    _bad("targets[1].name", ("name: bastion", "name: " + "b" * 101)),
+    _bad("targets[1].scopes[0].name", ("name: root", "name: " + "r" * 101)),
+    _bad("targets[0].environment", ("production", "p" * 101)),
+    _bad("targets[1].ca_key_env", ("BASTION_CA_KEY_FILE", "K" * 201)),
+    _bad("targets[0].policy.incident_pattern", ("[0-9]+$", "[0-9]+" + "x" * 200)),
+    _bad("targets[0].policy.requester_groups", ("[oncall]", f"[{'g' * 151}]")),
 ]
 
 
