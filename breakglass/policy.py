@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from django.contrib.auth import get_user_model
 
 from . import roles
+from .models import Policy
 from .errors import InvalidInput, NotAllowed
 
 
@@ -20,7 +21,13 @@ class Decision:
 
 def decide(target, scope, requester):
     """Return what the target's policy asks of a request by this requester."""
-    policy = target.policy
+    policy = Policy.objects.filter(target=target).first()
+    if policy is None:
+        # Fail closed: a target nobody wrote a policy for grants nothing.
+        raise InvalidInput(
+            f"Target {target.name} has no policy yet; an admin must configure one.",
+            fields={"target": ["No policy configured."]},
+        )
     approver_groups = sorted(policy.approver_groups.values_list("name", flat=True))
     requester_groups = set(policy.requester_groups.values_list("name", flat=True))
 

@@ -138,6 +138,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -214,6 +215,8 @@ EMAIL_USE_TLS = _setting("EMAIL_USE_TLS", env.bool, False)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="breakglass@localhost")
 
 OTP_TOTP_ISSUER = "Breakglass"
+# Device keys are second factors: not even admins get to read them back.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
 LOGGING = {
     "version": 1,
