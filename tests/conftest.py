@@ -112,3 +112,9 @@ def api():
 
 
 pytest_plugins = ["tests.fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # The people above log in with passwords; a slow hash would only slow the suite.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -148,7 +148,7 @@ def _describe(exc):
     diag = getattr(exc, "diag", None)
     message = diag.message_primary if diag else None
     if not message:
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     # A complaint about a malformed DSN quotes it, password included.
     message = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)
     message = re.sub(r"(password\s*=\s*)\S+", r"\1***", message, flags=re.I)
