@@ -21,6 +21,8 @@ class Approval(models.Model):
     comment = models.TextField(blank=True)
     # Which second factor confirmed the decision, kept for the trail.
     otp_device = models.CharField(max_length=255)
+    # The request as it was voted on: a vote counts only for that exact request.
+    request_digest = models.CharField(max_length=64, blank=True)
     at = models.DateTimeField()
 
     class Meta:

@@ -5,7 +5,7 @@ import logging
 from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
-from breakglass import clock, policy, services
+from breakglass import clock, policy, selectors, services
 from breakglass.errors import NotAllowed, OtpInvalid, WrongState
 from breakglass.models import AccessRequest
 
@@ -88,12 +88,14 @@ def _vote(request_id, *, approver, code, comment, decision):
 
 
 def _record_vote(access_request, approver, device, decision, comment):
+    digest = policy.request_digest(access_request)
     Approval.objects.create(
         request=access_request,
         approver=approver,
         decision=decision,
         comment=(comment or "").strip()[:2000],
         otp_device=otp.describe(device),
+        request_digest=digest,
         at=clock.now(),
     )
     data = {"otp_device": otp.describe(device), "comment": (comment or "").strip()}
@@ -102,11 +104,17 @@ def _record_vote(access_request, approver, device, decision, comment):
         access_request.status = Status.DENIED
         access_request.decided_at = clock.now()
         access_request.save(update_fields=["status", "decided_at"])
-        services.record("request.denied", access_request, actor=approver)
+        services.record(
+            "request.denied",
+            access_request,
+            actor=approver,
+            notify=selectors.people_waiting_on(access_request),
+        )
         return
 
+    # A vote counts only for the request exactly as it was when cast.
     approvals = access_request.approvals.filter(
-        decision=Approval.Decision.APPROVED
+        decision=Approval.Decision.APPROVED, request_digest=digest
     ).count()
     data["approvals"] = approvals
     data["approvals_required"] = access_request.approvals_required

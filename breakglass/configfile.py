@@ -1,15 +1,18 @@
 """The targets-and-policies file (CONTRACT.md, section 3): validate, then apply."""
 
+import datetime
 import hashlib
 import re
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
 from . import audit
-from .models import Policy, Scope, Target
+from .models import OnCallShift, Policy, Scope, Target
 
 KINDS = {kind.value for kind in Target.Kind}
 SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
@@ -25,7 +28,17 @@ TARGET_KEYS = {
     "scopes",
     "policy",
 }
-SCOPE_KEYS = {"name", "grants"}
+SCOPE_KEYS = {"name", "grants", "approver_groups"}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+RULE_KEYS = {"name", "when", "add_approvals", "max_duration_minutes"}
+CONDITION_KEYS = {
+    "environment",
+    "scope",
+    "off_hours",
+    "on_call",
+    "recent_grants_at_least",
+}
+ONCALL_KEYS = {"user", "start", "end", "note"}
 # The longest value a key may hold, as the database stores it.
 MAX_LENGTHS = {
     "name": Target._meta.get_field("name").max_length,
@@ -43,7 +56,26 @@ POLICY_DEFAULTS = {
     "max_duration_minutes": 60,
     "approval_window_minutes": 30,
     "incident_pattern": r"^\S.*$",
+    "timezone": "UTC",
+    "working_hours": None,
+    "max_active_grants": None,
+    "recent_window_days": 30,
+    "rules": [],
 }
+WORKING_HOURS_DEFAULT = {
+    "days": ["mon", "tue", "wed", "thu", "fri"],
+    "start": "09:00",
+    "end": "18:00",
+}
+
+
+@dataclass
+class Config:
+    """A validated file: its targets, and its on-call roster when it has one."""
+
+    targets: list
+    oncall: list | None
+    groups: list | None
 
 
 @dataclass
@@ -66,7 +98,7 @@ def load(text):
         raise ConfigError("", f"not valid YAML{where}: {problem}") from None
     if not isinstance(document, dict) or "targets" not in document:
         raise ConfigError("", "the file must be a mapping with a 'targets' list")
-    _no_unknown_keys(document, {"targets"}, "")
+    _no_unknown_keys(document, {"targets", "oncall", "groups"}, "")
     targets = document["targets"]
     if not isinstance(targets, list):
         raise ConfigError("targets", "must be a list")
@@ -80,7 +112,82 @@ def load(text):
             raise ConfigError(f"{path}.name", f"duplicate target name {item['name']!r}")
         seen.add(item["name"])
         cleaned.append(item)
+
+    groups = None
+    if "groups" in document:
+        groups = _string_list(document, "groups", "")
+        _check_groups_declared(cleaned, set(groups))
+    oncall = None
+    if "oncall" in document:
+        oncall = _oncall(document["oncall"])
+    return Config(targets=cleaned, oncall=oncall, groups=groups)
+
+
+def _check_groups_declared(targets, declared):
+    """With a `groups` list, every group a policy names must be declared or exist."""
+    existing = set(Group.objects.values_list("name", flat=True))
+    for index, item in enumerate(targets):
+        named = [
+            (f"targets[{index}].policy.{key}", name)
+            for key in ("approver_groups", "requester_groups")
+            for name in item["policy"][key]
+        ] + [
+            (f"targets[{index}].scopes[{n}].approver_groups", name)
+            for n, scope in enumerate(item["scopes"])
+            for name in scope["approver_groups"]
+        ]
+        for path, name in named:
+            if name not in declared and name not in existing:
+                raise ConfigError(path, f"unknown group {name!r}")
+
+
+def _oncall(entries):
+    if not isinstance(entries, list):
+        raise ConfigError("oncall", "must be a list")
+    users = get_user_model().objects
+    cleaned = []
+    for index, entry in enumerate(entries):
+        path = f"oncall[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(path, "must be a mapping")
+        _no_unknown_keys(entry, ONCALL_KEYS, path)
+        username = _string(entry, "user", path, required=True)
+        if not users.filter(username=username).exists():
+            raise ConfigError(f"{path}.user", f"unknown user {username!r}")
+        start = _moment(entry, "start", path)
+        end = _moment(entry, "end", path)
+        if end <= start:
+            raise ConfigError(f"{path}.end", "must be after start")
+        note = _string(entry, "note", path)
+        if len(note) > 200:
+            raise ConfigError(f"{path}.note", "must be at most 200 characters long")
+        for other_index, other in enumerate(cleaned):
+            if (
+                other["user"] == username
+                and start < other["end"]
+                and other["start"] < end
+            ):
+                raise ConfigError(
+                    path, f"overlaps oncall[{other_index}] for user {username!r}"
+                )
+        cleaned.append({"user": username, "start": start, "end": end, "note": note})
     return cleaned
+
+
+def _moment(mapping, key, path):
+    value = mapping.get(key)
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, datetime.datetime):
+        raise ConfigError(
+            f"{path}.{key}", "must be a date and time such as 2026-12-03T09:00:00Z"
+        )
+    if value.tzinfo is None:
+        raise ConfigError(f"{path}.{key}", "must give its offset from UTC (e.g. Z)")
+    return value.astimezone(datetime.UTC)
 
 
 def _no_unknown_keys(mapping, allowed, path):
@@ -175,7 +282,10 @@ def _target(target, path):
             raise ConfigError(f"{scope_path}.name", f"duplicate scope name {name!r}")
         names.add(name)
         grants = _string_list(scope, "grants", scope_path, required=True)
-        item["scopes"].append({"name": name, "grants": grants})
+        approver_groups = _string_list(scope, "approver_groups", scope_path)
+        item["scopes"].append(
+            {"name": name, "grants": grants, "approver_groups": approver_groups}
+        )
 
     item["policy"] = _policy(target.get("policy", {}), f"{path}.policy")
     return item
@@ -199,7 +309,12 @@ def _policy(policy, path):
             merged, "approval_window_minutes", path, 1, MAX_MINUTES
         ),
         "incident_pattern": _string(merged, "incident_pattern", path, required=True),
+        "timezone": _timezone(merged, path),
+        "max_active_grants": _optional_number(merged, "max_active_grants", path),
+        "recent_window_days": _minutes(merged, "recent_window_days", path, 1, 366),
+        "rules": clean_rules(merged["rules"], f"{path}.rules"),
     }
+    cleaned.update(_working_hours(merged["working_hours"], f"{path}.working_hours"))
     try:
         re.compile(cleaned["incident_pattern"])
     except re.error as exc:
@@ -209,14 +324,114 @@ def _policy(policy, path):
     return cleaned
 
 
-def apply(targets, *, source, actor=audit.SYSTEM):
+def _timezone(mapping, path):
+    name = _string(mapping, "timezone", path, required=True)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{path}.timezone", f"unknown time zone {name!r}") from None
+    return name
+
+
+def _optional_number(mapping, key, path):
+    if mapping[key] is None:
+        return None
+    return _minutes(mapping, key, path, 1, 1000)
+
+
+def _working_hours(value, path):
+    value = WORKING_HOURS_DEFAULT if value is None else value
+    if not isinstance(value, dict):
+        raise ConfigError(path, "must be a mapping with days, start and end")
+    _no_unknown_keys(value, {"days", "start", "end"}, path)
+    merged = {**WORKING_HOURS_DEFAULT, **value}
+    days = merged["days"]
+    if not isinstance(days, list) or not all(d in WEEKDAYS for d in days):
+        raise ConfigError(f"{path}.days", f"must be a list of {', '.join(WEEKDAYS)}")
+    start = _clock_time(merged, "start", path)
+    end = _clock_time(merged, "end", path)
+    if end <= start:
+        raise ConfigError(f"{path}.end", "must be after start")
+    return {
+        "working_days": list(dict.fromkeys(days)),
+        "working_hours_start": start,
+        "working_hours_end": end,
+    }
+
+
+def _clock_time(mapping, key, path):
+    value = mapping[key]
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 09:00 as a number of minutes (sexagesimal).
+        value = f"{value // 60:02d}:{value % 60:02d}"
+    try:
+        return datetime.time.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}.{key}", "must be a time such as 09:00") from None
+
+
+def clean_rules(rules, path):
+    """Validate a policy's rules; return them as stored. Raise ConfigError if bad."""
+    if rules is None:
+        return []
+    if not isinstance(rules, list):
+        raise ConfigError(path, "must be a list")
+    cleaned = []
+    for index, rule in enumerate(rules):
+        rule_path = f"{path}[{index}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(rule_path, "must be a mapping")
+        _no_unknown_keys(rule, RULE_KEYS, rule_path)
+        name = _string(rule, "name", rule_path, required=True)
+        if len(name) > 100:
+            raise ConfigError(f"{rule_path}.name", "must be at most 100 characters")
+        when = rule.get("when")
+        if not isinstance(when, dict) or not when:
+            raise ConfigError(f"{rule_path}.when", "must be a mapping of conditions")
+        _no_unknown_keys(when, CONDITION_KEYS, f"{rule_path}.when")
+        for key, expected in when.items():
+            where = f"{rule_path}.when.{key}"
+            if key in ("environment", "scope"):
+                values = [expected] if isinstance(expected, str) else expected
+                if not isinstance(values, list) or not all(
+                    isinstance(v, str) and v for v in values
+                ):
+                    raise ConfigError(where, "must be a string or a list of strings")
+            elif key in ("off_hours", "on_call"):
+                if not isinstance(expected, bool):
+                    raise ConfigError(where, "must be true or false")
+            elif (
+                isinstance(expected, bool)
+                or not isinstance(expected, int)
+                or not 1 <= expected <= 10000
+            ):
+                raise ConfigError(where, "must be a whole number from 1 to 10000")
+        item = {"name": name, "when": when}
+        if "add_approvals" in rule:
+            item["add_approvals"] = _minutes(rule, "add_approvals", rule_path, 0, 10)
+        if "max_duration_minutes" in rule:
+            item["max_duration_minutes"] = _minutes(
+                rule, "max_duration_minutes", rule_path, 1, MAX_MINUTES
+            )
+        if len(item) == 2:
+            raise ConfigError(
+                rule_path, "must set add_approvals or max_duration_minutes"
+            )
+        cleaned.append(item)
+    return cleaned
+
+
+def apply(config, *, source, actor=audit.SYSTEM):
     """Create or update the targets, scopes and policies; return the names applied.
 
     Idempotent. Targets the file does not name are left as they are; scopes of a
     named target that the file no longer lists are deactivated, not deleted, so
     that past requests keep pointing at them.
     """
+    targets = config.targets
     with transaction.atomic():
+        for name in config.groups or []:
+            Group.objects.get_or_create(name=name)
         for item in targets:
             target, _ = Target.objects.update_or_create(
                 name=item["name"],
@@ -229,11 +444,12 @@ def apply(targets, *, source, actor=audit.SYSTEM):
                 },
             )
             for scope in item["scopes"]:
-                Scope.objects.update_or_create(
+                scope_row, _ = Scope.objects.update_or_create(
                     target=target,
                     name=scope["name"],
                     defaults={"grants": scope["grants"], "is_active": True},
                 )
+                scope_row.approver_groups.set(_groups(scope["approver_groups"]))
             target.scopes.exclude(name__in=[s["name"] for s in item["scopes"]]).update(
                 is_active=False
             )
@@ -244,6 +460,9 @@ def apply(targets, *, source, actor=audit.SYSTEM):
             policy.approver_groups.set(_groups(approver_groups))
             policy.requester_groups.set(_groups(requester_groups))
 
+        if config.oncall is not None:
+            _replace_roster(config.oncall)
+
         names = [item["name"] for item in targets]
         audit.record_event(
             "config.applied",
@@ -252,9 +471,31 @@ def apply(targets, *, source, actor=audit.SYSTEM):
                 "source": source["name"],
                 "sha256": source["sha256"],
                 "targets": names,
+                "oncall_entries": None if config.oncall is None else len(config.oncall),
             },
         )
     return names
+
+
+def _replace_roster(entries):
+    """Make the file's entries the roster's configured shifts; keep others."""
+    users = {
+        user.username: user
+        for user in get_user_model().objects.filter(
+            username__in={entry["user"] for entry in entries}
+        )
+    }
+    OnCallShift.objects.filter(source=OnCallShift.Source.CONFIG).delete()
+    OnCallShift.objects.bulk_create(
+        OnCallShift(
+            user=users[entry["user"]],
+            starts_at=entry["start"],
+            ends_at=entry["end"],
+            note=entry["note"],
+            source=OnCallShift.Source.CONFIG,
+        )
+        for entry in entries
+    )
 
 
 def _groups(names):
@@ -268,6 +509,6 @@ def apply_file(path, *, actor=audit.SYSTEM):
             raw = handle.read()
     except OSError as exc:
         raise ConfigError("", f"cannot read the file: {exc.strerror}") from None
-    targets = load(raw.decode("utf-8", errors="replace"))
+    config = load(raw.decode("utf-8", errors="replace"))
     source = {"name": str(path), "sha256": hashlib.sha256(raw).hexdigest()}
-    return apply(targets, source=source, actor=actor)
+    return apply(config, source=source, actor=actor)

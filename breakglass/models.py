@@ -1,3 +1,5 @@
+import datetime
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -45,6 +47,12 @@ class Scope(models.Model):
         default=list,
         help_text="PostgreSQL roles, Redis ACL rules or SSH principals.",
     )
+    approver_groups = models.ManyToManyField(
+        Group,
+        blank=True,
+        related_name="+",
+        help_text="Empty: the approver groups of the target's policy.",
+    )
     is_active = models.BooleanField(default=True)
 
     class Meta:
@@ -55,6 +63,10 @@ class Scope(models.Model):
 
     def __str__(self):
         return f"{self.target.name}/{self.name}"
+
+
+def default_working_days():
+    return ["mon", "tue", "wed", "thu", "fri"]
 
 
 class Policy(models.Model):
@@ -79,6 +91,31 @@ class Policy(models.Model):
         default=30, validators=[MinValueValidator(1), MaxValueValidator(7 * 24 * 60)]
     )
     incident_pattern = models.CharField(max_length=200, default=r"^\S.*$")
+
+    # Context known at request time: working hours in the policy's time zone,
+    # how many grants the requester holds and has had recently.
+    timezone = models.CharField(max_length=64, default="UTC")
+    working_days = models.JSONField(
+        default=default_working_days,
+        help_text="Days of the working week: mon, tue, wed, thu, fri, sat, sun.",
+    )
+    working_hours_start = models.TimeField(default=datetime.time(9, 0))
+    working_hours_end = models.TimeField(default=datetime.time(18, 0))
+    max_active_grants = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most open requests and grants one requester may hold.",
+    )
+    recent_window_days = models.PositiveSmallIntegerField(
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(366)],
+        help_text="How far back 'recent grants' are counted.",
+    )
+    rules = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Conditions that add approvals or shorten the longest duration.",
+    )
 
     class Meta:
         verbose_name_plural = "policies"
@@ -120,6 +157,8 @@ class AccessRequest(models.Model):
         Group, blank=True, related_name="+", help_text="Empty: any approver."
     )
     policy_rule = models.TextField()
+    # What was evaluated and which rules fired, for approvers and the trail.
+    decision = models.JSONField(default=dict)
 
     created_at = models.DateTimeField()
     approval_deadline = models.DateTimeField()
@@ -134,6 +173,37 @@ class AccessRequest(models.Model):
     @property
     def is_open(self):
         return self.status == self.Status.PENDING
+
+
+class OnCallShift(models.Model):
+    """A period during which a person is on call."""
+
+    class Source(models.TextChoices):
+        CONFIG = "config"
+        API = "api"
+        ADMIN = "admin"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="oncall_shifts"
+    )
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    note = models.CharField(max_length=200, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["starts_at", "user"]
+        indexes = [models.Index(fields=["user", "starts_at", "ends_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")),
+                name="oncall_ends_after_start",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.user} on call {self.starts_at:%Y-%m-%d %H:%M}Z"
 
 
 class Grant(models.Model):

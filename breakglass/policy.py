@@ -1,13 +1,32 @@
-"""The policy decision taken when a request is made."""
+"""The policy decision: what a request needs, from what is known when it is made.
 
+A target's policy sets a base (approvals, approver groups, longest duration) and
+rules that tighten it in context: the environment, the scope, the time of day in
+the policy's time zone, whether the requester is on call, and how much break-glass
+access they have had recently. The same decision is taken again at issuance.
+"""
+
+import datetime
+import hashlib
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from zoneinfo import ZoneInfo
 
 from django.contrib.auth import get_user_model
 
-from . import roles
-from .models import Policy
-from .errors import InvalidInput, NotAllowed
+from . import clock, roles
+from .errors import InvalidInput, NotAllowed, Throttled
+from .models import AccessRequest, OnCallShift, Policy
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# Requests that hold, or are on their way to, a credential.
+OPEN_STATUSES = (
+    AccessRequest.Status.PENDING,
+    AccessRequest.Status.APPROVED,
+    AccessRequest.Status.ACTIVE,
+)
+MAX_APPROVALS = 20
 
 
 @dataclass(frozen=True)
@@ -17,10 +36,23 @@ class Decision:
     max_duration_minutes: int
     approval_window_minutes: int
     rule: str
+    summary: str = ""
+    evaluated: dict = field(default_factory=dict)
+    fired: list = field(default_factory=list)
+
+    def as_record(self):
+        """Return the decision as it is kept on the request and in the trail."""
+        record = asdict(self)
+        record.pop("rule")
+        return record
 
 
-def decide(target, scope, requester):
-    """Return what the target's policy asks of a request by this requester."""
+def decide(target, scope, requester, *, exclude_request=None):
+    """Return what the target's policy asks of a request by this requester, now.
+
+    Raise NotAllowed when the requester may not ask at all, and Throttled when they
+    already hold as many requests and grants as the policy allows.
+    """
     policy = Policy.objects.filter(target=target).first()
     if policy is None:
         # Fail closed: a target nobody wrote a policy for grants nothing.
@@ -28,11 +60,44 @@ def decide(target, scope, requester):
             f"Target {target.name} has no policy yet; an admin must configure one.",
             fields={"target": ["No policy configured."]},
         )
-    approver_groups = sorted(policy.approver_groups.values_list("name", flat=True))
-    requester_groups = set(policy.requester_groups.values_list("name", flat=True))
+    _check_requester(policy, target, requester)
 
+    now = clock.now()
+    context = _context(policy, target, scope, requester, now, exclude_request)
+    _check_open_grants(policy, context, requester, now, exclude_request)
+
+    approvals = policy.approvals_required
+    longest = policy.max_duration_minutes
+    fired = []
+    for rule in policy.rules or []:
+        if _matches(rule.get("when", {}), context):
+            fired.append(rule["name"])
+            approvals += rule.get("add_approvals", 0)
+            if rule.get("max_duration_minutes"):
+                longest = min(longest, rule["max_duration_minutes"])
+    approvals = min(approvals, MAX_APPROVALS)
+
+    approver_groups = sorted(
+        scope.approver_groups.values_list("name", flat=True)
+    ) or sorted(policy.approver_groups.values_list("name", flat=True))
+    summary = _summary(target, approvals, fired)
+    who = ", ".join(approver_groups) if approver_groups else "any approver"
+    return Decision(
+        approvals_required=approvals,
+        approver_groups=approver_groups,
+        max_duration_minutes=longest,
+        approval_window_minutes=policy.approval_window_minutes,
+        rule=f"{summary} (from {who}; at most {longest} minutes)",
+        summary=summary,
+        evaluated=context,
+        fired=fired,
+    )
+
+
+def _check_requester(policy, target, requester):
     if not roles.has_role(requester, roles.REQUESTER):
         raise NotAllowed("You do not hold the requester role.", code="not_eligible")
+    requester_groups = set(policy.requester_groups.values_list("name", flat=True))
     if requester_groups and not requester_groups & roles.group_names(requester):
         raise NotAllowed(
             f"Only members of {', '.join(sorted(requester_groups))} may request "
@@ -40,20 +105,81 @@ def decide(target, scope, requester):
             code="not_eligible",
         )
 
-    who = f"from {', '.join(approver_groups)}" if approver_groups else "from approvers"
-    plural = "s" if policy.approvals_required != 1 else ""
-    rule = (
-        f"policy of target {target.name} ({target.environment or 'no environment'}): "
-        f"{policy.approvals_required} approval{plural} {who}, "
-        f"at most {policy.max_duration_minutes} minutes"
+
+def _context(policy, target, scope, requester, now, exclude_request):
+    local = now.astimezone(ZoneInfo(policy.timezone))
+    working_day = WEEKDAYS[local.weekday()] in policy.working_days
+    in_hours = policy.working_hours_start <= local.time() < policy.working_hours_end
+    since = now - datetime.timedelta(days=policy.recent_window_days)
+    mine = AccessRequest.objects.filter(requester=requester)
+    if exclude_request is not None:
+        mine = mine.exclude(pk=exclude_request.pk)
+    return {
+        "environment": target.environment,
+        "scope": scope.name,
+        "timezone": policy.timezone,
+        "local_time": local.isoformat(timespec="minutes"),
+        "off_hours": not (working_day and in_hours),
+        "on_call": is_on_call(requester, now),
+        "recent_grants": mine.filter(grant__issued_at__gte=since).count(),
+        "recent_window_days": policy.recent_window_days,
+        "open_requests": mine.filter(status__in=OPEN_STATUSES).count(),
+    }
+
+
+def is_on_call(user, at):
+    """Return whether the roster has the user on call at that moment."""
+    return OnCallShift.objects.filter(
+        user=user, starts_at__lte=at, ends_at__gt=at
+    ).exists()
+
+
+def _check_open_grants(policy, context, requester, now, exclude_request):
+    limit = policy.max_active_grants
+    if limit is None or context["open_requests"] < limit:
+        return
+    soonest = (
+        AccessRequest.objects.filter(
+            requester=requester,
+            status=AccessRequest.Status.ACTIVE,
+            grant__expires_at__isnull=False,
+        )
+        .order_by("grant__expires_at")
+        .values_list("grant__expires_at", flat=True)
+        .first()
     )
-    return Decision(
-        approvals_required=policy.approvals_required,
-        approver_groups=approver_groups,
-        max_duration_minutes=policy.max_duration_minutes,
-        approval_window_minutes=policy.approval_window_minutes,
-        rule=rule,
+    wait = (soonest - now).total_seconds() if soonest else 60
+    raise Throttled(
+        f"You already hold {context['open_requests']} open requests or grants; "
+        f"the policy allows {limit}. End one before asking for more.",
+        code="too_many_grants",
+        retry_after=wait,
     )
+
+
+def _matches(when, context):
+    """Return whether every condition of a rule holds in the context."""
+    for key, expected in when.items():
+        if key in ("environment", "scope"):
+            allowed = [expected] if isinstance(expected, str) else expected
+            if context[key] not in allowed:
+                return False
+        elif key in ("off_hours", "on_call"):
+            if context[key] != expected:
+                return False
+        elif key == "recent_grants_at_least":
+            if context["recent_grants"] < expected:
+                return False
+        else:
+            # Rules are validated on load; an unknown condition never matches.
+            return False
+    return True
+
+
+def _summary(target, approvals, fired):
+    plural = "s" if approvals != 1 else ""
+    reasons = [target.environment or target.name] + fired
+    return f"{approvals} approval{plural}: {', '.join(reasons)}"
 
 
 def check_request(target, decision, *, duration_minutes, incident):
@@ -66,7 +192,7 @@ def check_request(target, decision, *, duration_minutes, incident):
     ):
         fields["duration_minutes"] = [
             f"Must be between 1 and {decision.max_duration_minutes} minutes "
-            f"for {target.name}."
+            f"for {target.name} now."
         ]
     if not re.search(target.policy.incident_pattern, incident or ""):
         fields["incident"] = [
@@ -79,16 +205,35 @@ def check_request(target, decision, *, duration_minutes, incident):
         )
 
 
-def eligible_approvers(access_request):
-    """Return the active users who may vote on the request; never its requester."""
+def request_digest(access_request):
+    """Return a fingerprint of what was asked, to which each vote is bound."""
+    content = {
+        "target": access_request.target_id,
+        "scope": access_request.scope_id,
+        "duration_minutes": access_request.duration_minutes,
+        "reason": access_request.reason,
+        "incident": access_request.incident,
+        "public_key": access_request.public_key,
+    }
+    encoded = json.dumps(content, sort_keys=True).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def eligible_approvers(access_request, group_names=None):
+    """Return the active users who may vote on the request; never its requester.
+
+    `group_names` overrides the groups decided at request time, for the check
+    at issuance against the policy as it is now.
+    """
     approvers = (
         get_user_model()
         .objects.filter(is_active=True, groups__name=roles.APPROVER)
         .exclude(pk=access_request.requester_id)
     )
-    groups = list(access_request.approver_groups.all())
-    if groups:
-        approvers = approvers.filter(groups__in=groups)
+    if group_names is None:
+        group_names = [group.name for group in access_request.approver_groups.all()]
+    if group_names:
+        approvers = approvers.filter(groups__name__in=group_names)
     return approvers.distinct()
 
 
@@ -97,3 +242,47 @@ def is_eligible_approver(user, access_request):
     if not user.is_authenticated or user.pk == access_request.requester_id:
         return False
     return eligible_approvers(access_request).filter(pk=user.pk).exists()
+
+
+def recheck(access_request):
+    """Take the decision again at issuance; return why it must not issue, or None.
+
+    The requester may have lost eligibility, an approver may have left the approver
+    group, the request may have changed after the votes, or the policy may have
+    tightened since the request was made.
+    """
+    try:
+        decision = decide(
+            access_request.target,
+            access_request.scope,
+            access_request.requester,
+            exclude_request=access_request,
+        )
+    except (NotAllowed, Throttled, InvalidInput) as exc:
+        return f"the requester is no longer allowed: {exc.detail}"
+
+    digest = request_digest(access_request)
+    eligible = set(
+        eligible_approvers(access_request, decision.approver_groups).values_list(
+            "pk", flat=True
+        )
+    )
+    votes = access_request.approvals.filter(decision="approved")
+    valid = [
+        v for v in votes if v.request_digest == digest and v.approver_id in eligible
+    ]
+    if len(valid) < decision.approvals_required:
+        lost = sorted(
+            v.approver.get_username() for v in votes if v.approver_id not in eligible
+        )
+        why = f"; no longer eligible: {', '.join(lost)}" if lost else ""
+        return (
+            f"the policy now needs {decision.approvals_required} approvals "
+            f"({decision.summary}) and {len(valid)} still count{why}"
+        )
+    if access_request.duration_minutes > decision.max_duration_minutes:
+        return (
+            f"the policy now allows at most {decision.max_duration_minutes} minutes, "
+            f"not {access_request.duration_minutes}"
+        )
+    return None

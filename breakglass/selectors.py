@@ -58,6 +58,17 @@ def approver_emails(access_request):
     )
 
 
+def people_waiting_on(access_request):
+    """Return the addresses of the requester and eligible approvers of a request.
+
+    They are told when it is decided, so that nobody acts on a stale alert.
+    """
+    emails = set(approver_emails(access_request))
+    if access_request.requester.email:
+        emails.add(access_request.requester.email)
+    return sorted(emails)
+
+
 def can_read_trail(user):
     return roles.has_role(user, roles.COMPLIANCE) or roles.has_role(user, roles.ADMIN)
 

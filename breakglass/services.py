@@ -140,6 +140,7 @@ def create_request(
             public_key=public_key,
             approvals_required=decision.approvals_required,
             policy_rule=decision.rule,
+            decision=decision.as_record(),
             created_at=now,
             approval_deadline=now + timedelta(minutes=decision.approval_window_minutes),
         )
@@ -157,6 +158,7 @@ def create_request(
                 "approvals_required": decision.approvals_required,
                 "approver_groups": decision.approver_groups,
                 "policy_rule": decision.rule,
+                "decision": decision.as_record(),
                 "approval_deadline": access_request.approval_deadline.isoformat(),
             },
             notify=selectors.approver_emails(access_request),
@@ -180,7 +182,12 @@ def cancel_request(request_id, *, actor):
         access_request.status = Status.CANCELLED
         access_request.decided_at = clock.now()
         access_request.save(update_fields=["status", "decided_at"])
-        record("request.cancelled", access_request, actor=actor)
+        record(
+            "request.cancelled",
+            access_request,
+            actor=actor,
+            notify=selectors.people_waiting_on(access_request),
+        )
     return access_request
 
 
@@ -210,6 +217,7 @@ def _time_out(access_request):
         access_request,
         actor=audit.SYSTEM,
         data={"approval_deadline": access_request.approval_deadline.isoformat()},
+        notify=selectors.people_waiting_on(access_request),
     )
 
 
@@ -264,6 +272,7 @@ def approve_for_issuance(access_request, *, actor):
         access_request,
         actor=actor,
         data={"approvals": access_request.approvals_required},
+        notify=selectors.people_waiting_on(access_request),
     )
     transaction.on_commit(lambda: _queue("issue_grant", grant.pk))
     return grant
@@ -292,6 +301,11 @@ def issue_grant(grant_id):
         grant = _lock_grant(grant_id)
         access_request = grant.request
         if access_request.status != Status.APPROVED:
+            return grant
+
+        refusal = policy.recheck(access_request)
+        if refusal is not None:
+            _refuse_issue(grant, refusal)
             return grant
 
         now = clock.now()
@@ -325,6 +339,25 @@ def issue_grant(grant_id):
         transaction.on_commit(lambda: _queue("end_grant", grant.pk, eta=expires_at))
     logger.info("grant %s issued as %s", grant.pk, grant.principal)
     return grant
+
+
+def _refuse_issue(grant, refusal):
+    """Fail a request that the policy, taken again at issuance, no longer allows."""
+    access_request = grant.request
+    grant.last_error = f"not issued: {refusal}"[:1000]
+    grant.retry_at = None
+    grant.ended_at = clock.now()
+    grant.save(update_fields=["last_error", "retry_at", "ended_at"])
+    access_request.status = Status.FAILED
+    access_request.save(update_fields=["status"])
+    record(
+        "grant.issue_failed",
+        access_request,
+        actor=audit.SYSTEM,
+        data={"reason": "policy", "error": grant.last_error, "attempts": 0},
+        notify=selectors.people_waiting_on(access_request),
+    )
+    logger.warning("grant %s refused at issuance: %s", grant.pk, refusal)
 
 
 def _describe_failure(exc):

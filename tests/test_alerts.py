@@ -114,8 +114,10 @@ def test_each_event_gets_one_alert_per_webhook_and_one_email(
         ("webhook", "http://127.0.0.1:9/one"),
         ("webhook", "http://127.0.0.1:9/two"),
         ("email", "security@example.com,sre@example.com"),
+        # The requester hears that their request was decided.
+        ("email", "alice@example.com"),
     ]
-    assert len({a.delivery_id for a in made}) == 3
+    assert len({a.delivery_id for a in made}) == 4
     assert all(a.attempts == 0 and a.delivered_at is None for a in made)
     # Delivery starts only after the event commits.
     assert len(queued) == 1
