@@ -9,13 +9,15 @@ from breakglass.errors import Throttled
 
 
 @sensitive_variables("token")
-def verify(user, token):
+def verify(user, token, device=None):
     """Return the user's device that accepts the code, or None.
 
     Each device row is locked while its code is checked, so a code can be used once
     per device: a replay, or the same code sent twice at once, is refused (django-otp
-    keeps the last accepted time step). Raise Throttled when every device is resting
-    after failed attempts.
+    keeps the last accepted time step). `device` (a name or persistent id) picks one
+    device, so that failures count against it alone and a resting device does not
+    lock its owner out of the others; without it every device is tried and a
+    failure counts against each. Raise Throttled when every candidate is resting.
     """
     token = (token or "").strip().replace(" ", "")
     with transaction.atomic():
@@ -24,6 +26,8 @@ def verify(user, token):
             .filter(user=user, confirmed=True)
             .order_by("pk")
         )
+        if device:
+            devices = [d for d in devices if device in (d.name, d.persistent_id)][:1]
         if not devices:
             return None
         resting_until = []

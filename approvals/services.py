@@ -18,24 +18,26 @@ Status = AccessRequest.Status
 
 
 @sensitive_variables("code")
-def approve_request(request_id, *, approver, code, comment=""):
+def approve_request(request_id, *, approver, code, comment="", device=None):
     """Record an approval; the last one needed hands the request to issuance."""
     return _vote(
         request_id,
         approver=approver,
         code=code,
+        device=device,
         comment=comment,
         decision=Approval.Decision.APPROVED,
     )
 
 
 @sensitive_variables("code")
-def deny_request(request_id, *, approver, code, comment=""):
+def deny_request(request_id, *, approver, code, comment="", device=None):
     """Record a denial, which ends the request."""
     return _vote(
         request_id,
         approver=approver,
         code=code,
+        device=device,
         comment=comment,
         decision=Approval.Decision.DENIED,
     )
@@ -59,30 +61,30 @@ def _check_can_vote(access_request, approver):
 
 
 @sensitive_variables("code")
-def _vote(request_id, *, approver, code, comment, decision):
+def _vote(request_id, *, approver, code, comment, decision, device=None):
     timed_out = False
-    device = None
+    confirmed_by = None
     with transaction.atomic():
         access_request = services.lock_request(request_id)
         if services.close_if_overdue(access_request):
             timed_out = True
         else:
             _check_can_vote(access_request, approver)
-            device = otp.verify(approver, code)
-            if device is None:
+            confirmed_by = otp.verify(approver, code, device=device)
+            if confirmed_by is None:
                 # Committed with the device's failure count; the vote is refused below.
                 services.record(
                     "otp.failed",
                     access_request,
                     actor=approver,
-                    data={"decision": decision},
+                    data={"decision": decision, "device": device or ""},
                 )
             else:
-                _record_vote(access_request, approver, device, decision, comment)
+                _record_vote(access_request, approver, confirmed_by, decision, comment)
 
     if timed_out:
         raise WrongState("The approval window has passed.", code="timed_out")
-    if device is None:
+    if confirmed_by is None:
         raise OtpInvalid()
     return access_request
 

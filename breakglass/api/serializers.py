@@ -20,6 +20,13 @@ class RequestCreateSerializer(serializers.Serializer):
 
 class VoteSerializer(serializers.Serializer):
     otp = serializers.CharField(max_length=20)
+    device = serializers.CharField(
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Name of the TOTP device the code is from; empty: try each.",
+    )
     comment = serializers.CharField(
         max_length=2000, required=False, allow_blank=True, default=""
     )

@@ -78,7 +78,11 @@ class ApproveView(APIView):
         selectors.get_visible_request(pk, request.user)
         data = _valid(VoteSerializer, request.data)
         approval_services.approve_request(
-            pk, approver=request.user, code=data["otp"], comment=data["comment"]
+            pk,
+            approver=request.user,
+            code=data["otp"],
+            comment=data["comment"],
+            device=data["device"] or None,
         )
         return _request_response(pk, request.user)
 
@@ -92,7 +96,11 @@ class DenyView(APIView):
         selectors.get_visible_request(pk, request.user)
         data = _valid(VoteSerializer, request.data)
         approval_services.deny_request(
-            pk, approver=request.user, code=data["otp"], comment=data["comment"]
+            pk,
+            approver=request.user,
+            code=data["otp"],
+            comment=data["comment"],
+            device=data["device"] or None,
         )
         return _request_response(pk, request.user)
 
