@@ -267,16 +267,25 @@ def test_email_alert(channels, alice, bastion):
     access_request = open_request(alice)
     services.cancel_request(access_request.pk, actor=alice)
     event = AuditEvent.objects.get(action="request.cancelled")
-    alert = Alert.objects.get(event=event, channel="email")
+    alert = Alert.objects.get(
+        event=event, channel="email", destination="security@example.com,sre@example.com"
+    )
+    # The requester is told too, so that nobody acts on a stale request.
+    waiting = Alert.objects.get(
+        event=event, channel="email", destination="alice@example.com"
+    )
 
     assert alerts.deliver(alert.pk) is True
+    assert alerts.deliver(waiting.pk) is True
 
-    (message,) = mail.outbox
+    message, told = mail.outbox
     assert message.subject.startswith("[breakglass] request.cancelled")
     assert message.to == ["security@example.com", "sre@example.com"]
     body = json.loads(message.body)
     assert body["event"] == "request.cancelled"
     assert body["request"] == access_request.pk
+    assert told.subject.startswith("[breakglass] request.cancelled")
+    assert told.to == ["alice@example.com"]
     alert.refresh_from_db()
     assert alert.delivered_at is not None
 

@@ -66,7 +66,9 @@ def test_two_approvals_approve_the_request(
 
     assert response.status_code == 200
     assert response.json()["status"] == "approved"
-    assert len(queued) == 1
+    # Issuance, and the alert telling the requester and approvers.
+    assert len(queued) == 2
+    assert Alert.objects.filter(event__action="request.approved").count() == 1
     assert Grant.objects.filter(request=pending).exists()
     assert actions(pending) == [
         "request.created",

@@ -12,7 +12,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from approvals import services as approval_services
 from approvals.models import Approval
 from breakglass.errors import NotAllowed, OtpInvalid, Throttled, WrongState
-from breakglass.models import AccessRequest, AuditEvent, Grant
+from breakglass.models import AccessRequest, Alert, AuditEvent, Grant
 
 from .conftest import make_user, otp_code
 from .flows import actions, approve, make_ssh_ca, make_ssh_target, open_request
@@ -59,8 +59,11 @@ def test_two_approvals_reach_the_quorum(
     grant = Grant.objects.get(request=pending)
     assert grant.principal.startswith("bg_alice_")
     assert grant.issued_at is None
-    # Issuance is handed to the worker once the approval commits.
-    assert len(queued) == 1
+    # Issuance is handed to the worker once the approval commits, and the
+    # requester and the approvers are told.
+    assert len(queued) == 2
+    told = Alert.objects.get(event__action="request.approved")
+    assert told.destination == "alice@example.com,bob@example.com,carol@example.com"
     assert actions(pending) == [
         "request.created",
         "approval.approved",

@@ -82,6 +82,7 @@ def test_rehashed_event_breaks_the_next_link(flow):
 
 def test_deleted_event_leaves_a_gap_that_is_found(flow):
     removed = AuditEvent.objects.get(action="request.approved")
+    _sql("DELETE FROM breakglass_alert WHERE event_id = %s", [removed.pk])
     _sql("DELETE FROM breakglass_auditevent WHERE id = %s", [removed.pk])
 
     code, _, err = _verify_audit()

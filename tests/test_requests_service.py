@@ -36,7 +36,11 @@ def test_create_request_records_the_policy_decision(alice, bob, carol, bastion):
     assert access_request.approval_deadline == access_request.created_at + timedelta(
         minutes=30
     )
-    assert "2 approvals from sre-leads" in access_request.policy_rule
+    assert access_request.policy_rule == (
+        "2 approvals: production (from sre-leads; at most 60 minutes)"
+    )
+    assert access_request.decision["summary"] == "2 approvals: production"
+    assert access_request.decision["fired"] == []
     assert [g.name for g in access_request.approver_groups.all()] == ["sre-leads"]
 
     event = AuditEvent.objects.get()

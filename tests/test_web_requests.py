@@ -137,7 +137,7 @@ def test_new_request_shows_policy_refusals_on_their_fields(bastion, alice):
 
     assert response.status_code == 400
     text = unescape(response.text)
-    assert "Must be between 1 and 60 minutes for bastion." in text
+    assert "Must be between 1 and 60 minutes for bastion now." in text
     assert "Must match the pattern ^INC-[0-9]+$ for bastion." in text
     assert 'value="whatever"' in text
     assert not AccessRequest.objects.exists()
