@@ -47,11 +47,13 @@ class Decision:
         return record
 
 
-def decide(target, scope, requester, *, exclude_request=None):
+def decide(target, scope, requester, *, exclude_request=None, at=None):
     """Return what the target's policy asks of a request by this requester, now.
 
-    Raise NotAllowed when the requester may not ask at all, and Throttled when they
-    already hold as many requests and grants as the policy allows.
+    `at` sets the moment whose context (hours, on call, recent grants) is
+    evaluated, by default now. Raise NotAllowed when the requester may not ask at
+    all, and Throttled when they already hold as many requests and grants as the
+    policy allows.
     """
     policy = Policy.objects.filter(target=target).first()
     if policy is None:
@@ -63,7 +65,7 @@ def decide(target, scope, requester, *, exclude_request=None):
     _check_requester(policy, target, requester)
 
     now = clock.now()
-    context = _context(policy, target, scope, requester, now, exclude_request)
+    context = _context(policy, target, scope, requester, at or now, exclude_request)
     _check_open_grants(policy, context, requester, now, exclude_request)
 
     approvals = policy.approvals_required
@@ -121,7 +123,9 @@ def _context(policy, target, scope, requester, now, exclude_request):
         "local_time": local.isoformat(timespec="minutes"),
         "off_hours": not (working_day and in_hours),
         "on_call": is_on_call(requester, now),
-        "recent_grants": mine.filter(grant__issued_at__gte=since).count(),
+        "recent_grants": mine.filter(
+            grant__issued_at__gte=since, grant__issued_at__lte=now
+        ).count(),
         "recent_window_days": policy.recent_window_days,
         "open_requests": mine.filter(status__in=OPEN_STATUSES).count(),
     }
@@ -252,11 +256,14 @@ def recheck(access_request):
     tightened since the request was made.
     """
     try:
+        # The context is the one known when the request was made: the clock
+        # passing 18:00 or a shift ending while approvers decide tightens nothing.
         decision = decide(
             access_request.target,
             access_request.scope,
             access_request.requester,
             exclude_request=access_request,
+            at=access_request.created_at,
         )
     except (NotAllowed, Throttled, InvalidInput) as exc:
         return f"the requester is no longer allowed: {exc.detail}"
