@@ -70,11 +70,15 @@ def lock_request(request_id):
 
 
 def _lock_grant(grant_id):
-    return (
+    grant = (
         Grant.objects.select_for_update(of=("self",))
         .select_related("request__target", "request__scope", "request__requester")
         .get(pk=grant_id)
     )
+    # The joined request was read before the lock was granted: a concurrent
+    # holder of the lock (a duplicate task) may have just issued or ended it.
+    grant.request.refresh_from_db(fields=["status"])
+    return grant
 
 
 def _backoff(attempts):
