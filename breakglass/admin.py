@@ -1,18 +1,32 @@
-"""Admin: targets, scopes and policies are edited here; the rest is read-only.
+"""Admin: targets, scopes, policies and the on-call roster are edited here.
 
 Requests, grants, the trail and alerts change only through the services, so the
-admin shows them and nothing more. A change to a target or its policy is
-recorded in the trail like an applied configuration file.
+admin shows them; its one action on requests, ending a grant, calls the same
+service as the web page and the API. A change to a target or its policy is
+recorded in the trail like an applied configuration file; the roster is changed
+through its services, which record every change.
 """
 
 import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
 
-from . import audit
-from .configfile import ENV_NAME
-from .models import AccessRequest, Alert, AuditEvent, Grant, Policy, Scope, Target
+from . import audit, oncall, roles, services
+from .configfile import ENV_NAME, WEEKDAYS, ConfigError, clean_rules
+from .errors import BreakglassError
+from .models import (
+    AccessRequest,
+    Alert,
+    AuditEvent,
+    Grant,
+    OnCallShift,
+    Policy,
+    Scope,
+    Target,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -31,7 +45,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class ScopeForm(forms.ModelForm):
     class Meta:
         model = Scope
-        fields = ["name", "grants", "is_active"]
+        fields = ["name", "grants", "approver_groups", "is_active"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -59,6 +73,20 @@ class ScopeInline(admin.TabularInline):
 
 
 class PolicyForm(forms.ModelForm):
+    working_days = forms.MultipleChoiceField(
+        choices=[(day, day.capitalize()) for day in WEEKDAYS],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="Outside these days it is off hours all day.",
+    )
+    max_active_grants = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=1000,
+        help_text="Most open requests and grants one requester may hold; "
+        "empty: no limit.",
+    )
+
     class Meta:
         model = Policy
         fields = [
@@ -68,7 +96,47 @@ class PolicyForm(forms.ModelForm):
             "max_duration_minutes",
             "approval_window_minutes",
             "incident_pattern",
+            "timezone",
+            "working_days",
+            "working_hours_start",
+            "working_hours_end",
+            "max_active_grants",
+            "recent_window_days",
+            "rules",
         ]
+        help_texts = {
+            "timezone": "An IANA time zone such as Europe/Paris; working hours are "
+            "local to it.",
+            "rules": 'A JSON list, e.g. [{"name": "outside working hours", "when": '
+            '{"off_hours": true}, "add_approvals": 1}]. Conditions: environment, '
+            "scope, off_hours, on_call, recent_grants_at_least.",
+        }
+
+    def clean_timezone(self):
+        name = self.cleaned_data["timezone"].strip()
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise forms.ValidationError(f"Unknown time zone {name!r}.") from None
+        return name
+
+    def clean_working_days(self):
+        chosen = set(self.cleaned_data["working_days"])
+        return [day for day in WEEKDAYS if day in chosen]
+
+    def clean_rules(self):
+        try:
+            return clean_rules(self.cleaned_data["rules"], "rules")
+        except ConfigError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean(self):
+        cleaned = super().clean()
+        start = cleaned.get("working_hours_start")
+        end = cleaned.get("working_hours_end")
+        if start and end and end <= start:
+            self.add_error("working_hours_end", "Must be after the start.")
+        return cleaned
 
     def clean_incident_pattern(self):
         pattern = self.cleaned_data["incident_pattern"]
@@ -139,6 +207,7 @@ class TargetAdmin(admin.ModelAdmin):
 
 @admin.register(AccessRequest)
 class AccessRequestAdmin(ReadOnlyAdmin):
+    actions = ["end_grant_now"]
     list_display = [
         "id",
         "target",
@@ -152,6 +221,28 @@ class AccessRequestAdmin(ReadOnlyAdmin):
     search_fields = ["incident", "requester__username", "reason"]
     date_hierarchy = "created_at"
     list_select_related = ["target", "scope", "requester"]
+
+    @admin.action(description="End the grant now")
+    def end_grant_now(self, request, queryset):
+        """Ask each selected active grant to end, as the page's button would."""
+        ended = 0
+        for request_id in queryset.order_by("pk").values_list("pk", flat=True):
+            try:
+                services.request_end(
+                    request_id, actor=request.user, reason="Ended from the admin."
+                )
+            except BreakglassError as exc:
+                self.message_user(
+                    request, f"Request {request_id}: {exc.detail}", messages.ERROR
+                )
+            else:
+                ended += 1
+        if ended:
+            self.message_user(
+                request,
+                f"{ended} grant(s) are being revoked; this takes a few seconds.",
+                messages.SUCCESS,
+            )
 
 
 @admin.register(Grant)
@@ -202,3 +293,99 @@ class AlertAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["channel"]
     list_select_related = ["event"]
+
+
+class OnCallShiftForm(forms.ModelForm):
+    class Meta:
+        model = OnCallShift
+        fields = ["user", "starts_at", "ends_at", "note"]
+        help_texts = {"starts_at": "UTC.", "ends_at": "UTC."}
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            oncall.check_shift(
+                user=cleaned.get("user"),
+                starts_at=cleaned.get("starts_at"),
+                ends_at=cleaned.get("ends_at"),
+                note=cleaned.get("note", ""),
+                exclude=self.instance.pk,
+            )
+        except BreakglassError as exc:
+            _show_errors(self, exc)
+        return cleaned
+
+
+def _show_errors(form, exc):
+    for field, problems in (exc.fields or {}).items():
+        form.add_error(field if field in form.fields else None, problems)
+    if not exc.fields:
+        form.add_error(None, exc.detail)
+
+
+@admin.register(OnCallShift)
+class OnCallShiftAdmin(admin.ModelAdmin):
+    """The roster; every change goes through the roster's services and the trail."""
+
+    form = OnCallShiftForm
+    list_display = ["user", "starts_at", "ends_at", "note", "source"]
+    list_filter = ["source"]
+    search_fields = ["user__username", "user__first_name", "user__last_name"]
+    date_hierarchy = "starts_at"
+    list_select_related = ["user"]
+    autocomplete_fields = ["user"]
+
+    def has_add_permission(self, request):
+        return roles.has_role(request.user, roles.ADMIN)
+
+    def has_change_permission(self, request, obj=None):
+        return roles.has_role(request.user, roles.ADMIN)
+
+    def has_delete_permission(self, request, obj=None):
+        return roles.has_role(request.user, roles.ADMIN)
+
+    def changeform_view(self, request, *args, **kwargs):
+        # The form checks the shift first; this catches what changed in between
+        # (another admin's overlapping shift) without a server error.
+        try:
+            return super().changeform_view(request, *args, **kwargs)
+        except BreakglassError as exc:
+            self.message_user(request, f"Not saved: {exc.detail}", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def delete_view(self, request, *args, **kwargs):
+        try:
+            return super().delete_view(request, *args, **kwargs)
+        except BreakglassError as exc:
+            self.message_user(request, f"Not removed: {exc.detail}", messages.ERROR)
+            return HttpResponseRedirect("../../")
+
+    def save_model(self, request, obj, form, change):
+        values = {
+            "user": obj.user,
+            "starts_at": obj.starts_at,
+            "ends_at": obj.ends_at,
+            "note": obj.note,
+            "actor": request.user,
+        }
+        if change:
+            shift = oncall.change_oncall_shift(obj.pk, **values)
+        else:
+            shift = oncall.add_oncall_shift(**values, source=OnCallShift.Source.ADMIN)
+        obj.pk = shift.pk
+        obj.source = shift.source
+        obj.created_at = shift.created_at
+
+    def delete_model(self, request, obj):
+        oncall.remove_oncall_shift(obj.pk, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for shift_id in list(queryset.values_list("pk", flat=True)):
+            try:
+                oncall.remove_oncall_shift(shift_id, actor=request.user)
+            except BreakglassError as exc:
+                self.message_user(
+                    request, f"Shift {shift_id}: {exc.detail}", messages.ERROR
+                )

@@ -19,7 +19,7 @@ from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from psycopg.conninfo import make_conninfo
 
-from . import audit, policy, roles, selectors, services
+from . import audit, clock, explain, oncall, policy, roles, selectors, services
 from .errors import BreakglassError, NotAllowed, NotVisible, Throttled
 from .forms import EndForm, RequestForm, TrailFilterForm, VoteForm
 from .models import AccessRequest, Scope, Target
@@ -28,6 +28,8 @@ Status = AccessRequest.Status
 
 TRAIL_PAGE_SIZE = 100
 HOME_LIST_SIZE = 50
+ROSTER_SIZE = 500
+ROSTER_SOURCES = {"config": "configuration file", "api": "API", "admin": "admin"}
 
 
 def visible_request(request_id, user):
@@ -56,6 +58,7 @@ def render_detail(
         "approvals": approvals,
         "approvals_received": sum(a.decision == a.Decision.APPROVED for a in approvals),
         "approver_groups": [g.name for g in access_request.approver_groups.all()],
+        "decision": explain.describe_decision(access_request.decision),
         "is_requester": is_requester,
         "voted": voted,
         "can_vote": is_pending
@@ -118,16 +121,23 @@ def home(request):
 
 
 def _targets_for(user):
-    """Return (targets the user may ask for, targets refused with the reason)."""
+    """Return (targets the user may ask for, targets refused with the reason).
+
+    Each target carries its policy in plain words and what it would ask of this
+    user now.
+    """
     targets = (
         Target.objects.filter(is_active=True, policy__isnull=False)
         .select_related("policy")
         .prefetch_related(
+            "policy__approver_groups",
             Prefetch(
                 "scopes",
-                queryset=Scope.objects.filter(is_active=True),
+                queryset=Scope.objects.filter(is_active=True).prefetch_related(
+                    "approver_groups"
+                ),
                 to_attr="active_scopes",
-            )
+            ),
         )
     )
     offered, refused = [], []
@@ -135,13 +145,29 @@ def _targets_for(user):
         if not target.active_scopes:
             continue
         try:
-            target.rule = policy.decide(target, target.active_scopes[0], user).rule
-        except NotAllowed as exc:
+            # Scopes may have their own approvers and rules: decide for each.
+            for scope in target.active_scopes:
+                scope.rule = policy.decide(target, scope, user).rule
+        except (NotAllowed, Throttled) as exc:
             target.refusal = exc.detail
             refused.append(target)
-        else:
-            offered.append(target)
+            continue
+        target.rule = target.active_scopes[0].rule
+        _explain_policy(target)
+        offered.append(target)
     return offered, refused
+
+
+def _explain_policy(target):
+    base = target.policy
+    groups = sorted(g.name for g in base.approver_groups.all())
+    target.policy_lines = explain.describe_policy(base, groups)
+    target.rule_lines = [
+        explain.describe_rule(rule, base.recent_window_days)
+        for rule in base.rules or []
+    ]
+    for scope in target.active_scopes:
+        scope.approvers = sorted(g.name for g in scope.approver_groups.all())
 
 
 def _show_errors(form, exc):
@@ -284,6 +310,21 @@ def _shell_quoted(text):
     if re.fullmatch(r"[-\w.=:/ ']+", text):
         return f'"{text}"'
     return shlex.quote(text)
+
+
+# The on-call roster
+
+
+@login_required
+@require_GET
+def roster(request):
+    now = clock.now()
+    shifts = list(oncall.shifts()[:ROSTER_SIZE])
+    for shift in shifts:
+        shift.is_now = shift.starts_at <= now
+        shift.source_text = ROSTER_SOURCES.get(shift.source, shift.source)
+    context = {"shifts": shifts, "can_edit": roles.has_role(request.user, roles.ADMIN)}
+    return render(request, "breakglass/oncall.html", context)
 
 
 # The trail

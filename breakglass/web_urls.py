@@ -16,6 +16,7 @@ urlpatterns = [
     path("requests/<int:pk>/cancel/", views.cancel, name="request-cancel"),
     path("requests/<int:pk>/end/", views.end, name="request-end"),
     path("requests/<int:pk>/credential/", views.reveal, name="request-reveal"),
+    path("oncall/", views.roster, name="oncall"),
     path("trail/", views.trail, name="trail"),
     path("incidents/<path:incident>/", views.incident, name="incident"),
     path("account/otp/", approval_views.otp_devices, name="otp-devices"),

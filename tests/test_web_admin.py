@@ -76,6 +76,13 @@ def target_form(**changes):
         "policy-0-max_duration_minutes": "30",
         "policy-0-approval_window_minutes": "15",
         "policy-0-incident_pattern": "^INC-[0-9]+$",
+        "policy-0-timezone": "UTC",
+        "policy-0-working_days": ["mon", "tue", "wed", "thu", "fri"],
+        "policy-0-working_hours_start": "09:00",
+        "policy-0-working_hours_end": "18:00",
+        "policy-0-max_active_grants": "",
+        "policy-0-recent_window_days": "30",
+        "policy-0-rules": "[]",
     }
     data.update(changes)
     return data

@@ -94,7 +94,9 @@ def test_new_request_form_shows_each_target_with_its_policy(bastion, alice):
 
     assert page.status_code == 200
     text = unescape(page.text)
-    assert "Policy of target bastion (production): 2 approvals from sre-leads" in text
+    assert "For you now: 2 approvals: production (from sre-leads; at most 60" in text
+    assert "Base: 2 approvals from sre-leads, for at most 60 minutes;" in text
+    assert "No rules: the base applies at any time." in text
     assert "^INC-[0-9]+$" in text
     assert '<optgroup label="bastion">' in text
     assert "Not open to you" in text
@@ -179,7 +181,8 @@ def test_request_is_visible_to_requester_approvers_and_compliance(
         page = login(user).get(detail_url(pending))
         assert page.status_code == 200, user
         assert "Disk full on the primary" in page.text
-        assert "2 approvals from sre-leads" in page.text
+        assert "2 approvals: production" in page.text
+        assert "Why it needs 2 approvals" in page.text
 
     for user in [dave, oscar]:
         assert login(user).get(detail_url(pending)).status_code == 404, user

@@ -1,6 +1,9 @@
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import AccessRequest, AuditEvent
+from ..models import AccessRequest, AuditEvent, OnCallShift
 
 # Ids, sequence numbers and offsets are PostgreSQL bigints: larger values are
 # invalid input, not a database error.
@@ -46,6 +49,40 @@ class ApprovalSerializer(serializers.Serializer):
     at = serializers.DateTimeField()
 
 
+class EvaluatedSerializer(serializers.Serializer):
+    environment = serializers.CharField()
+    scope = serializers.CharField()
+    timezone = serializers.CharField()
+    local_time = serializers.CharField(help_text="ISO 8601, in the policy's zone.")
+    off_hours = serializers.BooleanField()
+    on_call = serializers.BooleanField()
+    recent_grants = serializers.IntegerField()
+    recent_window_days = serializers.IntegerField()
+    open_requests = serializers.IntegerField()
+
+
+class DecisionSerializer(serializers.Serializer):
+    """The policy decision kept on a request, documented for the schema."""
+
+    approvals_required = serializers.IntegerField()
+    approver_groups = serializers.ListField(child=serializers.CharField())
+    max_duration_minutes = serializers.IntegerField()
+    approval_window_minutes = serializers.IntegerField()
+    summary = serializers.CharField(
+        help_text='In plain words, e.g. "3 approvals: production, outside working '
+        'hours".'
+    )
+    evaluated = EvaluatedSerializer()
+    fired = serializers.ListField(
+        child=serializers.CharField(), help_text="Names of the rules that held."
+    )
+
+
+@extend_schema_field(DecisionSerializer)
+class DecisionField(serializers.JSONField):
+    """The decision as recorded: requests made before it existed show {}."""
+
+
 class RequestSerializer(serializers.ModelSerializer):
     target = serializers.CharField(source="target.name")
     scope = serializers.CharField(source="scope.name")
@@ -60,6 +97,7 @@ class RequestSerializer(serializers.ModelSerializer):
     principal = serializers.SerializerMethodField()
     revealed_at = serializers.SerializerMethodField()
     end_requested_at = serializers.SerializerMethodField()
+    decision = DecisionField(read_only=True)
 
     class Meta:
         model = AccessRequest
@@ -77,6 +115,7 @@ class RequestSerializer(serializers.ModelSerializer):
             "approvals_required",
             "approver_groups",
             "policy_rule",
+            "decision",
             "approvals",
             "created_at",
             "approval_deadline",
@@ -185,3 +224,60 @@ class VerifySerializer(serializers.Serializer):
     ok = serializers.BooleanField()
     checked = serializers.IntegerField()
     first_bad = serializers.IntegerField(allow_null=True)
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """A date and time that states its offset from UTC; kept in UTC."""
+
+    default_error_messages = {
+        "naive": "Give the offset from UTC, e.g. 2026-12-07T08:00:00Z.",
+    }
+
+    def enforce_timezone(self, value):
+        if timezone.is_naive(value):
+            self.fail("naive")
+        return super().enforce_timezone(value)
+
+
+class OnCallShiftSerializer(serializers.ModelSerializer):
+    user = serializers.CharField(source="user.username")
+    starts_at = serializers.SerializerMethodField()
+    ends_at = serializers.SerializerMethodField()
+
+    class Meta:
+        model = OnCallShift
+        fields = ["id", "user", "starts_at", "ends_at", "note", "source", "created_at"]
+
+    def get_starts_at(self, obj) -> str:
+        return _iso(obj.starts_at)
+
+    def get_ends_at(self, obj) -> str:
+        return _iso(obj.ends_at)
+
+
+class OnCallShiftCreateSerializer(serializers.Serializer):
+    user = serializers.CharField(
+        max_length=get_user_model()._meta.get_field("username").max_length
+    )
+    starts_at = AwareDateTimeField()
+    ends_at = AwareDateTimeField()
+    note = serializers.CharField(
+        max_length=OnCallShift._meta.get_field("note").max_length,
+        required=False,
+        allow_blank=True,
+        default="",
+    )
+
+    def validate_user(self, value):
+        user = get_user_model().objects.filter(username=value).first()
+        if user is None:
+            raise serializers.ValidationError("Unknown user.")
+        return user
+
+
+class OnCallQuerySerializer(serializers.Serializer):
+    user = serializers.CharField(required=False, max_length=150)
+    at = AwareDateTimeField(
+        required=False, help_text="Who is on call at this moment (with its offset)."
+    )
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000)

@@ -17,6 +17,8 @@ urlpatterns = [
         name="api-credential",
     ),
     path("audit/", views.AuditListView.as_view(), name="api-audit"),
+    path("oncall/", views.OnCallListView.as_view(), name="api-oncall"),
+    path("oncall/<int:pk>/", views.OnCallDetailView.as_view(), name="api-oncall-shift"),
     path("audit/verify/", views.AuditVerifyView.as_view(), name="api-audit-verify"),
     # Only addresses ending in a slash, so that a missing one is still redirected.
     re_path(r"^(?P<path>.*/)$", views.UnknownView.as_view()),

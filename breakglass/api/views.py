@@ -7,12 +7,16 @@ from rest_framework.views import APIView
 
 from approvals import services as approval_services
 
-from .. import audit, selectors, services
+from .. import audit, oncall, roles, selectors, services
 from ..errors import NotAllowed, NotVisible
+from ..models import OnCallShift
 from .serializers import (
     AuditQuerySerializer,
     CredentialSerializer,
     EventSerializer,
+    OnCallQuerySerializer,
+    OnCallShiftCreateSerializer,
+    OnCallShiftSerializer,
     RequestCreateSerializer,
     RequestQuerySerializer,
     RequestSerializer,
@@ -180,6 +184,51 @@ class AuditVerifyView(APIView):
 def _require_trail_reader(user):
     if not selectors.can_read_trail(user):
         raise NotAllowed("Only compliance reviewers and admins can read the trail.")
+
+
+class OnCallListView(APIView):
+    @extend_schema(
+        parameters=[OnCallQuerySerializer],
+        responses={200: OnCallShiftSerializer(many=True), 400: ERROR},
+        description="Shifts on at `at`, or by default those not yet ended.",
+    )
+    def get(self, request):
+        query = _valid(OnCallQuerySerializer, request.query_params)
+        found = oncall.shifts(user=query.get("user"), at=query.get("at"))
+        found = found[: query.get("limit", 500)]
+        return Response(OnCallShiftSerializer(found, many=True).data)
+
+    @extend_schema(
+        request=OnCallShiftCreateSerializer,
+        responses={201: OnCallShiftSerializer, 400: ERROR, 403: ERROR},
+    )
+    def post(self, request):
+        _require_admin(request.user)
+        data = _valid(OnCallShiftCreateSerializer, request.data)
+        shift = oncall.add_oncall_shift(
+            **data, actor=request.user, source=OnCallShift.Source.API
+        )
+        return Response(
+            OnCallShiftSerializer(shift).data, status=status.HTTP_201_CREATED
+        )
+
+
+class OnCallDetailView(APIView):
+    @extend_schema(responses={200: OnCallShiftSerializer, 404: ERROR})
+    def get(self, request, pk):
+        return Response(OnCallShiftSerializer(oncall.get_shift(pk)).data)
+
+    @extend_schema(request=None, responses={204: None, 403: ERROR, 404: ERROR})
+    def delete(self, request, pk):
+        _require_admin(request.user)
+        oncall.remove_oncall_shift(pk, actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _require_admin(user):
+    # Refuse before reading the body, so that nobody learns what would be valid.
+    if not roles.has_role(user, roles.ADMIN):
+        raise NotAllowed("Only admins can change the on-call roster.")
 
 
 @extend_schema(exclude=True)
