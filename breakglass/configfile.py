@@ -48,6 +48,7 @@ MAX_LENGTHS = {
     "incident_pattern": Policy._meta.get_field("incident_pattern").max_length,
     "approver_groups": Group._meta.get_field("name").max_length,
     "requester_groups": Group._meta.get_field("name").max_length,
+    "groups": Group._meta.get_field("name").max_length,
 }
 POLICY_DEFAULTS = {
     "approvals_required": 2,
@@ -82,6 +83,10 @@ class Config:
 class ConfigError(Exception):
     path: str
     problem: str
+
+    def __post_init__(self):
+        # A top-level key has no parent: `groups`, not `.groups`.
+        self.path = self.path.removeprefix(".")
 
     def __str__(self):
         return f"{self.path}: {self.problem}" if self.path else self.problem
