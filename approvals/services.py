@@ -6,7 +6,7 @@ from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
 from breakglass import clock, policy, selectors, services
-from breakglass.errors import NotAllowed, OtpInvalid, WrongState
+from breakglass.errors import NotAllowed, OtpInvalid, Throttled, WrongState
 from breakglass.models import AccessRequest
 
 from . import otp
@@ -63,6 +63,7 @@ def _check_can_vote(access_request, approver):
 @sensitive_variables("code")
 def _vote(request_id, *, approver, code, comment, decision, device=None):
     timed_out = False
+    throttled = None
     confirmed_by = None
     with transaction.atomic():
         access_request = services.lock_request(request_id)
@@ -70,20 +71,31 @@ def _vote(request_id, *, approver, code, comment, decision, device=None):
             timed_out = True
         else:
             _check_can_vote(access_request, approver)
-            confirmed_by = otp.verify(approver, code, device=device)
+            try:
+                confirmed_by = otp.verify(approver, code, device=device)
+            except Throttled as exc:
+                throttled = exc
             if confirmed_by is None:
-                # Committed with the device's failure count; the vote is refused below.
+                # Committed with the device's failure count; the vote is refused
+                # below. A code sent while the devices rest is recorded too: a
+                # guessing attack shows in the trail.
                 services.record(
                     "otp.failed",
                     access_request,
                     actor=approver,
-                    data={"decision": decision, "device": device or ""},
+                    data={
+                        "decision": decision,
+                        "device": device or "",
+                        "throttled": throttled is not None,
+                    },
                 )
             else:
                 _record_vote(access_request, approver, confirmed_by, decision, comment)
 
     if timed_out:
         raise WrongState("The approval window has passed.", code="timed_out")
+    if throttled is not None:
+        raise throttled
     if confirmed_by is None:
         raise OtpInvalid()
     return access_request

@@ -175,6 +175,17 @@ def _oncall(entries):
                 raise ConfigError(
                     path, f"overlaps oncall[{other_index}] for user {username!r}"
                 )
+        clash = (
+            OnCallShift.objects.exclude(source=OnCallShift.Source.CONFIG)
+            .filter(user__username=username, starts_at__lt=end, ends_at__gt=start)
+            .first()
+        )
+        if clash is not None:
+            raise ConfigError(
+                path,
+                f"overlaps a shift of {username!r} added through the {clash.source} "
+                f"({clash.starts_at.isoformat()} to {clash.ends_at.isoformat()})",
+            )
         cleaned.append({"user": username, "start": start, "end": end, "note": note})
     return cleaned
 

@@ -141,7 +141,15 @@ def test_throttled_after_a_wrong_code(api, pending, bob):
 
     assert_error(response, 429, "otp_throttled")
     assert int(response["Retry-After"]) >= 1
-    assert _state(pending) == before
+    status, approvals, events = before
+    # Nothing changes but the trail, which records the attempt.
+    assert _state(pending) == (status, approvals, events + 1)
+    last = AuditEvent.objects.order_by("-seq").first()
+    assert (last.action, last.actor, last.data["throttled"]) == (
+        "otp.failed",
+        "bob",
+        True,
+    )
 
 
 def test_self_approval_is_403(api, pending, alice):
