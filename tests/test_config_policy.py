@@ -280,6 +280,28 @@ def test_a_new_roster_replaces_the_files_shifts_and_keeps_the_others(people, tmp
     ]
 
 
+def test_a_file_shift_overlapping_one_added_through_the_api_is_refused(
+    people, tmp_path
+):
+    alice, bob, carol = people
+    OnCallShift.objects.create(
+        user=alice,
+        starts_at=datetime.datetime(2026, 1, 15, tzinfo=UTC),
+        ends_at=datetime.datetime(2026, 1, 16, tzinfo=UTC),
+        source=OnCallShift.Source.API,
+    )
+    before = _state()
+    path = _write(tmp_path, POLICY_FILE)
+
+    with pytest.raises(CommandError) as refused:
+        _apply(path)
+
+    assert "oncall[0]: overlaps a shift of 'alice' added through the api" in str(
+        refused.value
+    )
+    assert _state() == before
+
+
 def test_a_file_without_a_roster_leaves_it_alone_and_an_empty_one_clears_it(
     people, tmp_path
 ):
