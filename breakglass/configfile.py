@@ -25,6 +25,8 @@ TARGET_KEYS = {
     "environment",
     "connection_env",
     "ca_key_env",
+    "revocation_list_path",
+    "auth_log_path",
     "scopes",
     "policy",
 }
@@ -46,6 +48,8 @@ MAX_LENGTHS = {
     "connection_env": Target._meta.get_field("connection_env").max_length,
     "ca_key_env": Target._meta.get_field("ca_key_env").max_length,
     "incident_pattern": Policy._meta.get_field("incident_pattern").max_length,
+    "revocation_list_path": Target._meta.get_field("revocation_list_path").max_length,
+    "auth_log_path": Target._meta.get_field("auth_log_path").max_length,
     "approver_groups": Group._meta.get_field("name").max_length,
     "requester_groups": Group._meta.get_field("name").max_length,
     "groups": Group._meta.get_field("name").max_length,
@@ -273,11 +277,18 @@ def _target(target, path):
         "environment": _string(target, "environment", path),
         "connection_env": _string(target, "connection_env", path, pattern=ENV_NAME),
         "ca_key_env": _string(target, "ca_key_env", path, pattern=ENV_NAME),
+        "revocation_list_path": _string(target, "revocation_list_path", path),
+        "auth_log_path": _string(target, "auth_log_path", path),
     }
     if item["kind"] not in KINDS:
         raise ConfigError(f"{path}.kind", f"must be one of {', '.join(sorted(KINDS))}")
     if item["kind"] == "ssh" and not item["ca_key_env"]:
         raise ConfigError(f"{path}.ca_key_env", "is required for an ssh target")
+    for key in ("revocation_list_path", "auth_log_path"):
+        if item[key] and item["kind"] != "ssh":
+            raise ConfigError(f"{path}.{key}", "is only for an ssh target")
+        if item[key] and not item[key].startswith("/"):
+            raise ConfigError(f"{path}.{key}", "must be an absolute path")
     if item["kind"] != "ssh" and not item["connection_env"]:
         raise ConfigError(
             f"{path}.connection_env", f"is required for a {item['kind']} target"
@@ -456,6 +467,8 @@ def apply(config, *, source, actor=audit.SYSTEM):
                     "environment": item["environment"],
                     "connection_env": item["connection_env"],
                     "ca_key_env": item["ca_key_env"],
+                    "revocation_list_path": item["revocation_list_path"],
+                    "auth_log_path": item["auth_log_path"],
                     "is_active": True,
                 },
             )

@@ -27,6 +27,17 @@ class Target(models.Model):
         blank=True,
         help_text="Environment variable holding the path of the SSH CA private key.",
     )
+    revocation_list_path = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="SSH: the key revocation list file the servers' sshd reads "
+        "(RevokedKeys). Empty: certificates cannot be recalled before they expire.",
+    )
+    auth_log_path = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="SSH: the sshd log where accepted logins are detected.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -239,6 +250,30 @@ class Grant(models.Model):
 
     def __str__(self):
         return self.principal
+
+
+class CredentialUse(models.Model):
+    """One session or login seen on a target with a grant's credential."""
+
+    grant = models.ForeignKey(Grant, on_delete=models.PROTECT, related_name="uses")
+    # What identifies the session on the target (a backend pid and start time, a
+    # client id, a log line), so that each use is alerted once.
+    session_key = models.CharField(max_length=255)
+    source_address = models.CharField(max_length=255, blank=True)
+    used_at = models.DateTimeField()
+    detected_at = models.DateTimeField()
+    details = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["used_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["grant", "session_key"], name="one_use_per_session"
+            )
+        ]
+
+    def __str__(self):
+        return f"use of {self.grant} from {self.source_address or 'unknown'}"
 
 
 class AuditEvent(models.Model):

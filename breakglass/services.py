@@ -250,6 +250,8 @@ def _snapshot(target, scope):
         "environment": target.environment,
         "connection_env": target.connection_env,
         "ca_key_env": target.ca_key_env,
+        "revocation_list_path": target.revocation_list_path,
+        "auth_log_path": target.auth_log_path,
         "scope": scope.name,
         "grants": list(scope.grants),
     }
