@@ -1,7 +1,6 @@
 """PostgreSQL: a fresh login role per grant, dropped with its sessions at the end."""
 
 import logging
-import re
 import secrets
 
 import psycopg
@@ -142,14 +141,34 @@ def _drop_role(conn, principal):
     conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(principal)))
 
 
+# What a failure to connect may be reported as. The client library's own messages
+# can quote the connection string, password included, so only these known
+# phrases are ever repeated.
+_CONNECT_FAILURES = (
+    "connection refused",
+    "timeout expired",
+    "could not translate host name",
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "too many connections",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "server closed the connection unexpectedly",
+)
+
+
 def _describe(exc):
-    # The server's message names roles and objects, never the password: the
-    # statement that carried it is not part of the error.
+    """Return what may be said of a failure: never the DSN or a password."""
     diag = getattr(exc, "diag", None)
-    message = diag.message_primary if diag else None
-    if not message:
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    # A complaint about a malformed DSN quotes it, password included.
-    message = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)
-    message = re.sub(r"(password\s*=\s*)\S+", r"\1***", message, flags=re.I)
-    return f"PostgreSQL: {message}"
+    if diag is not None and diag.sqlstate and diag.message_primary:
+        # Reported by the server: it names roles and objects, never the
+        # password, since the statement that carried it is not part of it.
+        return f"PostgreSQL: {diag.message_primary}"
+    text = str(exc).lower()
+    for phrase in _CONNECT_FAILURES:
+        if phrase in text:
+            return f"PostgreSQL: could not connect to the target ({phrase})"
+    if isinstance(exc, psycopg.ProgrammingError):
+        return "PostgreSQL: the admin DSN is malformed"
+    return f"PostgreSQL: {type(exc).__name__} while talking to the target"
