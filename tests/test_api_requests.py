@@ -452,3 +452,23 @@ def test_deactivated_user_token_is_refused(api, alice, pending):
     alice.save()
 
     assert_error(client.get("/api/v1/requests/"), 401, "not_authenticated")
+
+
+def test_a_body_nested_too_deeply_is_400_not_500(api, alice):
+    body = '{"a":' * 5000 + "1" + "}" * 5000
+
+    response = api(alice).post(
+        "/api/v1/requests/", body, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
+
+
+def test_a_token_header_that_is_not_utf8_is_refused_not_500(client, alice):
+    response = client.get(
+        "/api/v1/requests/", HTTP_AUTHORIZATION=b"Token \xe9".decode("latin-1")
+    )
+
+    assert response.status_code in (400, 401)
+    assert response.json()["code"] in ("invalid", "not_authenticated")

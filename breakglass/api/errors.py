@@ -30,6 +30,13 @@ def handle_exception(exc, context):
             response["Retry-After"] = str(exc.retry_after)
         return response
 
+    if isinstance(exc, RecursionError):
+        # A body nested deeper than the parser can follow is bad input.
+        exc = exceptions.ParseError("The JSON body is nested too deeply.")
+    elif isinstance(exc, UnicodeError):
+        # A header or body that is not valid UTF-8, the token's header included.
+        exc = exceptions.ParseError("The request is not valid UTF-8.")
+
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
