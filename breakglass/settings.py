@@ -4,7 +4,8 @@ import secrets
 from pathlib import Path
 
 import environ
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.validators import validate_email
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -17,8 +18,30 @@ def _setting(name, parse, default):
     """Read one variable, stopping the process with its name if it is malformed."""
     try:
         return parse(name, default=default)
-    except (ValueError, TypeError, ImproperlyConfigured) as exc:
-        raise ImproperlyConfigured(f"{name} has an invalid value: {exc}") from None
+    except (ValueError, TypeError, ImproperlyConfigured):
+        # Addresses may carry passwords: only other values are quoted back.
+        shown = "" if name.endswith("_URL") else f" {env.str(name, default='')!r}"
+        raise ImproperlyConfigured(f"{name} has an invalid value{shown}") from None
+
+
+def _bool(name, default):
+    """Read a yes/no variable; anything but a clear yes or no stops the process."""
+    raw = env.str(name, default="")
+    value = raw.strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {raw!r}")
+
+
+def _positive(name, default):
+    value = _setting(name, env.float, default)
+    if not value > 0:
+        raise ImproperlyConfigured(f"{name} must be a number of seconds above 0")
+    return value
 
 
 def _url_list(name):
@@ -31,8 +54,8 @@ def _url_list(name):
     return urls
 
 
-DEMO = _setting("BREAKGLASS_DEMO", env.bool, False)
-DEBUG = _setting("DEBUG", env.bool, False)
+DEMO = _bool("BREAKGLASS_DEMO", False)
+DEBUG = _bool("DEBUG", False)
 ALLOWED_HOSTS = _setting("ALLOWED_HOSTS", env.list, ["localhost", "127.0.0.1"])
 
 
@@ -107,6 +130,13 @@ DATABASES = {
         "DATABASE_URL", env.db_url, f"sqlite:///{VAR_DIR / 'breakglass.sqlite3'}"
     )
 }
+if DATABASES["default"]["ENGINE"] not in (
+    "django.db.backends.postgresql",
+    "django.db.backends.sqlite3",
+):
+    raise ImproperlyConfigured(
+        "DATABASE_URL must be a postgres:// (or postgresql://) or sqlite:/// address"
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded database is shared by the web server, the worker and the
     # scheduler: wait for the write lock instead of failing at once.
@@ -168,6 +198,16 @@ SPECTACULAR_SETTINGS = {
 
 # Celery: an embedded broker on disk unless CELERY_BROKER_URL names a real one.
 CELERY_BROKER_URL = _setting("CELERY_BROKER_URL", env.str, "filesystem://")
+if CELERY_BROKER_URL.split("://", 1)[0] not in (
+    "filesystem",
+    "redis",
+    "rediss",
+    "amqp",
+    "amqps",
+):
+    raise ImproperlyConfigured(
+        "CELERY_BROKER_URL must be a redis://, rediss:// or amqp:// address"
+    )
 CELERY_BROKER_TRANSPORT_OPTIONS = {}
 if CELERY_BROKER_URL == "filesystem://":
     _queue_dir = VAR_DIR / "broker"
@@ -183,7 +223,13 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-BREAKGLASS_SWEEP_SECONDS = _setting("BREAKGLASS_SWEEP_SECONDS", env.float, 5.0)
+BREAKGLASS_SWEEP_SECONDS = _positive("BREAKGLASS_SWEEP_SECONDS", 5.0)
+# How often every active grant's target is asked for new uses of its credential.
+BREAKGLASS_DETECT_SECONDS = _positive("BREAKGLASS_DETECT_SECONDS", 2.0)
+# How often every target is listed for `bg_` principals that no grant accounts for.
+BREAKGLASS_RECONCILE_SECONDS = _setting("BREAKGLASS_RECONCILE_SECONDS", env.float, 60.0)
+if BREAKGLASS_RECONCILE_SECONDS <= 0:
+    raise ImproperlyConfigured("BREAKGLASS_RECONCILE_SECONDS must be more than 0")
 
 # Alerts (CONTRACT.md, section 6).
 BREAKGLASS_ALERT_WEBHOOK_URLS = _url_list("BREAKGLASS_ALERT_WEBHOOK_URLS")
@@ -194,11 +240,27 @@ if BREAKGLASS_ALERT_WEBHOOK_URLS and not BREAKGLASS_ALERT_WEBHOOK_SECRET:
         "BREAKGLASS_ALERT_WEBHOOK_URLS is set: unsigned alerts could be forged"
     )
 BREAKGLASS_ALERT_EMAILS = _setting("BREAKGLASS_ALERT_EMAILS", env.list, [])
+for _address in BREAKGLASS_ALERT_EMAILS:
+    try:
+        validate_email(_address)
+    except ValidationError:
+        raise ImproperlyConfigured(
+            f"BREAKGLASS_ALERT_EMAILS holds {_address!r}, which is not an address"
+        ) from None
 BREAKGLASS_ALERT_TIMEOUT_SECONDS = _setting(
     "BREAKGLASS_ALERT_TIMEOUT_SECONDS", env.float, 5.0
 )
 BREAKGLASS_CONFIG = env.str("BREAKGLASS_CONFIG", default="")
 BREAKGLASS_BASE_URL = env.str("BREAKGLASS_BASE_URL", default="http://127.0.0.1:8000")
+# SSH certificates start this long before their issuance, for servers whose clock
+# runs behind ours.
+BREAKGLASS_SSH_BACKDATE_SECONDS = _setting(
+    "BREAKGLASS_SSH_BACKDATE_SECONDS", env.int, 60
+)
+if not 0 <= BREAKGLASS_SSH_BACKDATE_SECONDS <= 86400:
+    raise ImproperlyConfigured(
+        "BREAKGLASS_SSH_BACKDATE_SECONDS must be between 0 and 86400"
+    )
 
 EMAIL_BACKEND = _setting(
     "EMAIL_BACKEND",
@@ -211,7 +273,7 @@ EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
 EMAIL_PORT = _setting("EMAIL_PORT", env.int, 25)
 EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
 EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
-EMAIL_USE_TLS = _setting("EMAIL_USE_TLS", env.bool, False)
+EMAIL_USE_TLS = _bool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="breakglass@localhost")
 
 OTP_TOTP_ISSUER = "Breakglass"
