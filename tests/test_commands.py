@@ -210,3 +210,20 @@ def test_verify_audit_exits_1_naming_the_event(db):
 
     assert code == 1
     assert "seq 2" in err
+
+
+@pytest.mark.parametrize("username", ["bad user!", "x" * 151, ""])
+def test_create_user_refuses_a_bad_username(db, username):
+    with pytest.raises(CommandError, match="username"):
+        call_command("create_user", username, "--role", "requester", stdout=StringIO())
+
+    assert not User.objects.exists()
+
+
+def test_create_user_refuses_a_name_that_differs_only_by_case(db):
+    call_command("create_user", "zed", "--role", "approver", stdout=StringIO())
+
+    with pytest.raises(CommandError, match="'zed' exists already"):
+        call_command("create_user", "Zed", "--role", "approver", stdout=StringIO())
+
+    assert list(User.objects.values_list("username", flat=True)) == ["zed"]

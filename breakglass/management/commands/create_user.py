@@ -32,8 +32,28 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         username = options["username"].strip()
-        if not username:
-            raise CommandError("the username must not be empty")
+        User = get_user_model()
+        field = User._meta.get_field(User.USERNAME_FIELD)
+        try:
+            field.run_validators(username)
+            if not username or len(username) > field.max_length:
+                raise ValidationError(
+                    f"must be 1 to {field.max_length} characters long"
+                )
+        except ValidationError as exc:
+            raise CommandError(
+                f"username {username!r}: {' '.join(exc.messages)}"
+            ) from None
+        clash = (
+            User.objects.filter(username__iexact=username)
+            .exclude(username=username)
+            .first()
+        )
+        if clash is not None:
+            # Names that differ only by case are too easy to mistake in a trail.
+            raise CommandError(
+                f"username {username!r}: {clash.username!r} exists already"
+            )
         password = None
         if options["password_stdin"]:
             password = sys.stdin.readline().rstrip("\r\n")
@@ -47,7 +67,6 @@ class Command(BaseCommand):
                     f"--email: {options['email']!r} is not an address"
                 ) from None
 
-        User = get_user_model()
         with transaction.atomic():
             user, created = User.objects.get_or_create(username=username)
             if password is not None:
