@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
+from django_otp.admin import OTPAdminSite
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from . import audit, oncall, roles, services
 from .configfile import ENV_NAME, WEEKDAYS, ConfigError, clean_rules
@@ -27,6 +29,30 @@ from .models import (
     Scope,
     Target,
 )
+
+# The admin edits targets, policies and the roster: signing in to it takes a
+# second factor, as approving does.
+admin.site.__class__ = OTPAdminSite
+
+
+class TOTPDeviceAdmin(admin.ModelAdmin):
+    """Devices are enrolled by their owners only; an admin may remove a lost one."""
+
+    list_display = ["user", "name", "confirmed", "last_used_at"]
+    search_fields = ["user__username", "name"]
+    fields = ["user", "name", "confirmed", "last_used_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+if admin.site.is_registered(TOTPDevice):
+    admin.site.unregister(TOTPDevice)
+admin.site.register(TOTPDevice, TOTPDeviceAdmin)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -182,7 +182,7 @@ def test_removing_shifts_in_the_admin_is_recorded(ada, alice, bob):
 def test_staff_who_are_not_admins_cannot_change_the_roster(ada, alice):
     login(ada).post(f"{SHIFTS}add/", shift_form(alice))
     shift = OnCallShift.objects.get()
-    clerk = make_user("clerk")
+    clerk = make_user("clerk", totp=True)
     clerk.is_staff = True
     clerk.save()
     clerk.user_permissions.set(

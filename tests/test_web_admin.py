@@ -1,6 +1,8 @@
 """The admin: targets and policies are edited there; nothing else can be changed."""
 
 import pytest
+from django.test import Client
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from approvals.models import Approval
 from breakglass.models import AuditEvent, Grant, Policy, Target
@@ -126,3 +128,30 @@ def test_admin_is_closed_to_non_staff(active, bob, cora):
         response = login(user).get("/admin/breakglass/auditevent/")
         assert response.status_code == 302
         assert "/admin/login/" in response["Location"]
+
+
+def test_the_admin_asks_for_a_second_factor(ada):
+    client = Client()
+    client.force_login(ada)
+
+    page = client.get("/admin/breakglass/target/")
+
+    assert page.status_code == 302
+    assert page["Location"].startswith("/admin/login/")
+
+
+def test_nobody_can_add_or_edit_an_authenticator_in_the_admin(ada, bob):
+    device = TOTPDevice.objects.get(user=bob)
+    client = login(ada)
+
+    assert client.get("/admin/otp_totp/totpdevice/add/").status_code == 403
+    page = client.get(f"/admin/otp_totp/totpdevice/{device.pk}/change/")
+    assert page.status_code == 200
+    assert device.key not in page.text
+    response = client.post(
+        f"/admin/otp_totp/totpdevice/{device.pk}/change/",
+        {"user": bob.pk, "name": "ada-made", "key": "00" * 20, "confirmed": "on"},
+    )
+    assert response.status_code == 403
+    device.refresh_from_db()
+    assert device.name == "phone"

@@ -3,6 +3,8 @@
 import subprocess
 
 from django.test import Client
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from approvals import services as approval_services
 from breakglass import services
@@ -20,7 +22,10 @@ def make_ssh_target(tmp_path, monkeypatch, *, name="bastion", **options):
     )
     env_name = f"WEB_TEST_{name.upper().replace('-', '_')}_CA_KEY"
     monkeypatch.setenv(env_name, str(key))
-    return make_target(name, "ssh", grants=["root"], ca_env=env_name, **options)
+    target = make_target(name, "ssh", grants=["root"], ca_env=env_name, **options)
+    target.revocation_list_path = str(tmp_path / f"{name}.krl")
+    target.save(update_fields=["revocation_list_path"])
+    return target
 
 
 def open_request(requester, target="bastion", *, incident="INC-1", **fields):
@@ -49,8 +54,14 @@ def issue(access_request):
 
 
 def login(user, **options):
+    """Return a client signed in as the user, with their second factor if any."""
     client = Client(**options)
     client.force_login(user)
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+    if device is not None:
+        session = client.session
+        session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+        session.save()
     return client
 
 
