@@ -72,6 +72,8 @@ def confirm_enrolment(user, *, code):
                 "otp.device_added",
                 actor=user.get_username(),
                 data={"device": otp.describe(device)},
+                # Its owner hears of it too, in case it was not them.
+                notify=[user.email] if user.email else [],
             )
             logger.info("TOTP device %s confirmed for %s", device.pk, user)
             return device

@@ -2,6 +2,10 @@
 
 from django import forms
 
+from breakglass.errors import Throttled
+
+from . import otp
+
 
 class AddDeviceForm(forms.Form):
     """Start enrolling an authenticator; the password guards against stolen sessions."""
@@ -17,15 +21,50 @@ class AddDeviceForm(forms.Form):
         widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
 
+    current_code = forms.CharField(
+        label="Code from an authenticator you already have",
+        max_length=12,
+        required=False,
+        widget=forms.TextInput(
+            attrs={
+                "inputmode": "numeric",
+                "autocomplete": "one-time-code",
+                "pattern": "[0-9]{6}",
+                "size": 8,
+            }
+        ),
+    )
+
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
+        # With a second factor already, a password alone must not add another:
+        # a stolen password would otherwise be a stolen second factor too.
+        self.needs_current_code = otp.has_device(user)
+        if not self.needs_current_code:
+            del self.fields["current_code"]
 
     def clean_password(self):
         password = self.cleaned_data["password"]
         if not self.user.check_password(password):
             raise forms.ValidationError("The password is not correct.")
         return password
+
+    def clean_current_code(self):
+        code = self.cleaned_data["current_code"].strip()
+        if not code:
+            raise forms.ValidationError(
+                "Enter a current code from an authenticator you already have."
+            )
+        try:
+            device = otp.verify(self.user, code)
+        except Throttled as exc:
+            raise forms.ValidationError(exc.detail) from None
+        if device is None:
+            raise forms.ValidationError(
+                "Enter a current code from an authenticator you already have."
+            )
+        return code
 
 
 class ConfirmDeviceForm(forms.Form):

@@ -52,6 +52,11 @@ def verify(user, token, device=None):
     return None
 
 
+def has_device(user):
+    """Return whether the user has a confirmed authenticator."""
+    return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+
+
 def describe(device):
     """Return how the trail names a device: its kind, id and name."""
     return f"{device.persistent_id} ({device.name})"

@@ -78,7 +78,7 @@ def otp_devices(request):
 @login_required
 @require_POST
 @never_cache
-@sensitive_post_parameters("password")
+@sensitive_post_parameters("password", "current_code")
 def otp_add(request):
     form = AddDeviceForm(request.POST, user=request.user)
     if not form.is_valid():

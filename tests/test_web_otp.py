@@ -72,7 +72,12 @@ def test_enrolment_shows_qr_and_secret_then_confirms_with_a_code(erin, settings)
     assert "pixel" in page.text
     assert secret[:8] not in page.text
     assert "<svg" not in page.text
-    assert Alert.objects.filter(event=event, channel="email").count() == 1
+    # The configured channel, and erin herself in case it was not her.
+    assert sorted(
+        Alert.objects.filter(event=event, channel="email").values_list(
+            "destination", flat=True
+        )
+    ) == ["erin@example.com", "security@example.com"]
 
 
 def test_wrong_code_leaves_the_device_unconfirmed(erin):
@@ -141,3 +146,23 @@ def test_an_enrolled_device_confirms_a_decision(erin, alice, tmp_path, monkeypat
 def test_enrolment_pages_need_a_login_and_post(erin):
     assert Client().get("/account/otp/").status_code == 302
     assert login(erin).get("/account/otp/confirm/").status_code == 405
+
+
+def test_a_second_authenticator_needs_a_code_from_the_first(bob):
+    client = login(bob)
+
+    refused = client.post(
+        "/account/otp/add/", {"name": "attacker phone", "password": "pw-bob"}
+    )
+
+    assert refused.status_code == 400
+    assert "authenticator you already have" in refused.text
+    assert not TOTPDevice.objects.filter(user=bob, name="attacker phone").exists()
+
+    accepted = client.post(
+        "/account/otp/add/",
+        {"name": "tablet", "password": "pw-bob", "current_code": otp_code(bob)},
+    )
+
+    assert accepted.status_code in (200, 302)
+    assert TOTPDevice.objects.filter(user=bob, name="tablet", confirmed=False).exists()
