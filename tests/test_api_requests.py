@@ -1,5 +1,6 @@
 """REST API: requests, cancel, revoke and credential (CONTRACT.md, section 4)."""
 
+import subprocess
 from datetime import timedelta
 
 import pytest
@@ -9,6 +10,7 @@ from rest_framework.test import APIClient
 from breakglass import services
 from breakglass.models import AccessRequest, AuditEvent, Grant
 
+from .conftest import make_target
 from .flows import (
     actions,
     issued_request,
@@ -472,3 +474,55 @@ def test_a_token_header_that_is_not_utf8_is_refused_not_500(client, alice):
 
     assert response.status_code in (400, 401)
     assert response.json()["code"] in ("invalid", "not_authenticated")
+
+
+@pytest.mark.parametrize("kind", ["rsa1024", "two_lines", "certificate"])
+def test_an_unusable_ssh_public_key_is_refused(api, alice, tmp_path, kind, monkeypatch):
+    ca = tmp_path / "ca"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", ca], check=True
+    )
+    monkeypatch.setenv("KEYCHECK_CA", str(ca))
+    make_target("keycheck", "ssh", grants=["root"], ca_env="KEYCHECK_CA")
+    key = tmp_path / "user"
+    if kind == "rsa1024":
+        args = ["-t", "rsa", "-b", "1024"]
+    else:
+        args = ["-t", "ed25519"]
+    subprocess.run(["ssh-keygen", "-q", *args, "-N", "", "-f", key], check=True)
+    public = (tmp_path / "user.pub").read_text()
+    if kind == "two_lines":
+        public = public + public
+    if kind == "certificate":
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-s",
+                ca,
+                "-I",
+                "x",
+                "-n",
+                "root",
+                key.with_suffix(".pub"),
+            ],
+            check=True,
+        )
+        public = (tmp_path / "user-cert.pub").read_text()
+
+    response = api(alice).post(
+        "/api/v1/requests/",
+        {
+            "target": "keycheck",
+            "scope": "read",
+            "duration_minutes": 5,
+            "reason": "disk full",
+            "incident": "INC-7",
+            "public_key": public,
+        },
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert "public_key" in response.json()["fields"]
+    assert not AccessRequest.objects.exists()

@@ -5,7 +5,7 @@ import secrets
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from ..errors import ProviderError
 from .base import Provider, env_value
@@ -72,10 +72,16 @@ class SshProvider(Provider):
 
 def is_usable_public_key(text):
     """Return whether the text is one OpenSSH public key that can be certified."""
+    text = text.strip()
+    if not text or "\n" in text or "-cert-v01@openssh.com" in text.split()[0]:
+        return False
     try:
-        key = serialization.load_ssh_public_key(text.strip().encode())
+        key = serialization.load_ssh_public_key(text.encode())
     except (ValueError, TypeError, UnsupportedAlgorithm):
         return False
+    if isinstance(key, rsa.RSAPublicKey):
+        # Shorter RSA keys are refused by current OpenSSH and breakable.
+        return key.key_size >= 2048
     return not isinstance(key, serialization.SSHCertificate)
 
 
