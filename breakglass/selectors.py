@@ -1,5 +1,7 @@
 """Reads: which requests, events and queues a user can see."""
 
+import time
+
 from django.db.models import Q
 
 from . import policy, roles
@@ -85,3 +87,22 @@ def events(*, incident=None, request=None, since=None, until=None):
     if until:
         queryset = queryset.filter(at__lt=until)
     return queryset.order_by("seq")
+
+
+def wait_for_end(request_id, *, timeout):
+    """Wait, at most `timeout` seconds, for a worker to end an active grant.
+
+    Revocation runs on the workers, which hold the targets' admin secrets; the
+    web answer waits for it briefly so that "revoked" can be said when it is true.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = AccessRequest.objects.filter(pk=request_id).select_related("grant")
+        access_request = found.first()
+        snapshot = access_request.grant.target_snapshot
+        if access_request.status != AccessRequest.Status.ACTIVE:
+            return
+        if snapshot.get("kind") == "ssh" and not snapshot.get("revocation_list_path"):
+            # Such a certificate cannot be recalled: nothing to wait for.
+            return
+        time.sleep(0.1)

@@ -224,6 +224,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 BREAKGLASS_SWEEP_SECONDS = _positive("BREAKGLASS_SWEEP_SECONDS", 5.0)
+# How long an API call that ends a grant waits for a worker to revoke it.
+BREAKGLASS_REVOKE_WAIT_SECONDS = _setting(
+    "BREAKGLASS_REVOKE_WAIT_SECONDS", env.float, 5.0
+)
 # How often every active grant's target is asked for new uses of its credential.
 BREAKGLASS_DETECT_SECONDS = _positive("BREAKGLASS_DETECT_SECONDS", 2.0)
 # How often every target is listed for `bg_` principals that no grant accounts for.

@@ -1,5 +1,6 @@
 """REST API, version 1 (CONTRACT.md, section 4): one view per operation."""
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
@@ -129,6 +130,7 @@ class RevokeView(APIView):
         selectors.get_visible_request(pk, request.user)
         data = _valid(RevokeSerializer, request.data)
         services.request_end(pk, actor=request.user, reason=data["reason"])
+        selectors.wait_for_end(pk, timeout=settings.BREAKGLASS_REVOKE_WAIT_SECONDS)
         return _request_response(pk, request.user)
 
 
