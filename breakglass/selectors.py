@@ -6,7 +6,8 @@ from django.db.models import Q
 
 from . import policy, roles
 from .errors import NotVisible
-from .models import AccessRequest, AuditEvent
+from .models import AccessRequest, AuditEvent, Target
+from .providers import ssh
 
 
 def _with_relations(queryset):
@@ -106,3 +107,36 @@ def wait_for_end(request_id, *, timeout):
             # Such a certificate cannot be recalled: nothing to wait for.
             return
         time.sleep(0.1)
+
+
+def revocation_of(access_request):
+    """Return whether ending the request's grant early cuts its credential, in words.
+
+    An SSH certificate can only be recalled through a revocation list that the
+    target's servers read; without one it works until its own end.
+    """
+    grant = getattr(access_request, "grant", None)
+    if access_request.target.kind != Target.Kind.SSH:
+        return {"supported": True, "note": ""}
+    if grant is not None and grant.issued_at is not None:
+        supported = ssh.can_recall(grant.target_snapshot)
+        valid_until = grant.expires_at.isoformat().replace("+00:00", "Z")
+        until = f"the certificate stays valid until {valid_until}"
+    else:
+        snapshot = grant.target_snapshot if grant is not None else {}
+        supported = bool(
+            snapshot.get("revocation_list_path")
+            or (grant is None and access_request.target.revocation_list_path)
+        )
+        until = "a certificate stays valid until its end"
+    if supported:
+        return {
+            "supported": True,
+            "note": "Ending early puts the certificate in the target's revocation "
+            "list, which its servers read at every login.",
+        }
+    return {
+        "supported": False,
+        "note": f"This target takes no revocation list: {until}, even if access "
+        "is ended early.",
+    }

@@ -329,6 +329,14 @@ def issue_grant(grant_id):
             _issue_failed(grant, _describe_failure(exc))
             return grant
 
+        if "serial" in credential:
+            # An early end recalls the certificate by its serial.
+            grant.target_snapshot = {
+                **grant.target_snapshot,
+                "certificate_serial": credential["serial"],
+                "certificate_key_id": credential["key_id"],
+                "certificate_expires_at": expires_at.isoformat(),
+            }
         grant.issued_at = now
         grant.expires_at = expires_at
         grant.sealed_credential = sealing.seal(credential)
@@ -513,6 +521,9 @@ def end_grant(grant_id):
         early = grant.end_requested_at is not None and grant.end_requested_at < (
             grant.expires_at
         )
+        if early and not _can_end_early(grant):
+            _record_end_request(grant)
+            early = False
         if not early and grant.expires_at > now:
             return False
 
@@ -563,8 +574,10 @@ def end_grant(grant_id):
             )
             data["reason"] = grant.end_reason
             if grant.target_snapshot["kind"] == Target.Kind.SSH:
-                # An issued certificate cannot be recalled by the CA alone.
-                data["certificate_valid_until"] = grant.expires_at.isoformat()
+                data["certificate_serial"] = grant.target_snapshot["certificate_serial"]
+                data["revocation_list_path"] = grant.target_snapshot[
+                    "revocation_list_path"
+                ]
             record(
                 "grant.revoked",
                 access_request,
@@ -575,6 +588,38 @@ def end_grant(grant_id):
             record("grant.expired", access_request, actor=audit.SYSTEM, data=data)
     logger.info("grant %s ended (%s)", grant.pk, access_request.status)
     return True
+
+
+def _can_end_early(grant):
+    snapshot = grant.target_snapshot
+    return snapshot["kind"] != Target.Kind.SSH or ssh.can_recall(snapshot)
+
+
+def _record_end_request(grant):
+    """Tell people that an early end was asked for a credential that cannot be cut.
+
+    The grant stays active until its expiry, where it ends as usual: showing it
+    revoked would hide a certificate that still works.
+    """
+    access_request = grant.request
+    if access_request.events.filter(action="grant.end_requested").exists():
+        return
+    record(
+        "grant.end_requested",
+        access_request,
+        actor=grant.end_requested_by,
+        data={
+            "principal": grant.principal,
+            "reason": grant.end_reason,
+            "certificate_valid_until": grant.expires_at.isoformat(),
+        },
+    )
+    logger.warning(
+        "grant %s: end asked, but the target takes no revocation list; "
+        "its certificate stays valid until %s",
+        grant.pk,
+        grant.expires_at.isoformat(),
+    )
 
 
 # The sweep

@@ -59,6 +59,7 @@ def render_detail(
         "approvals_received": sum(a.decision == a.Decision.APPROVED for a in approvals),
         "approver_groups": [g.name for g in access_request.approver_groups.all()],
         "decision": explain.describe_decision(access_request.decision),
+        "revocation": selectors.revocation_of(access_request),
         "is_requester": is_requester,
         "voted": voted,
         "can_vote": is_pending
@@ -240,7 +241,13 @@ def end(request, pk):
         services.request_end(pk, actor=request.user, reason=form.cleaned_data["reason"])
     except BreakglassError as exc:
         return render_refusal(request, pk, exc, end_form=form)
-    messages.success(request, "The grant is being revoked; this takes a few seconds.")
+    revocation = selectors.revocation_of(access_request)
+    if revocation["supported"]:
+        messages.success(
+            request, "The grant is being revoked; this takes a few seconds."
+        )
+    else:
+        messages.warning(request, f"The end is recorded. {revocation['note']}")
     return redirect("request-detail", pk)
 
 

@@ -4,6 +4,9 @@ Issuance here uses an SSH target whose CA key lives in the test's temporary
 directory, so that no worker or outside system is needed.
 """
 
+import os
+from pathlib import Path
+
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -32,8 +35,13 @@ def make_ssh_ca(directory, monkeypatch, env=CA_ENV):
 
 
 def make_ssh_target(name="bastion", **options):
+    """Create an SSH target; its revocation list lives beside the CA key, if any."""
     options.setdefault("grants", ["root"])
-    return make_target(name, "ssh", ca_env=CA_ENV, **options)
+    target = make_target(name, "ssh", ca_env=CA_ENV, **options)
+    if os.environ.get(CA_ENV):
+        target.revocation_list_path = str(Path(os.environ[CA_ENV]).parent / "krl")
+        target.save(update_fields=["revocation_list_path"])
+    return target
 
 
 def open_request(requester, target="bastion", **fields):

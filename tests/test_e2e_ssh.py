@@ -70,8 +70,13 @@ def worker_env(ca_key):
 
 
 @pytest.fixture
-def bastion(db):
-    return make_target("bastion", "ssh", grants=PRINCIPALS, approvals=1, ca_env=CA_ENV)
+def bastion(db, tmp_path):
+    target = make_target(
+        "bastion", "ssh", grants=PRINCIPALS, approvals=1, ca_env=CA_ENV
+    )
+    target.revocation_list_path = str(tmp_path / "revoked.krl")
+    target.save(update_fields=["revocation_list_path"])
+    return target
 
 
 def _issued_certificate(api, alice, bob, public_key=""):
@@ -204,7 +209,21 @@ def test_a_certificate_with_a_generated_key_then_revoked(
     assert [(e["action"], e["actor"]) for e in events[5:]] == [
         ("grant.revoked", "alice")
     ]
-    # The CA cannot recall a certificate: the trail says until when it stays valid.
+    # The certificate is recalled: the target's revocation list names it.
     assert (
-        events[5]["data"]["certificate_valid_until"] == events[3]["data"]["expires_at"]
+        events[5]["data"]["certificate_serial"]
+        == events[3]["data"]["certificate_serial"]
     )
+    checked = subprocess.run(
+        [
+            "ssh-keygen",
+            "-Q",
+            "-f",
+            bastion.revocation_list_path,
+            tmp_path / "id-cert.pub",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 1
+    assert "REVOKED" in checked.stdout

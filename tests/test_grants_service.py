@@ -21,6 +21,7 @@ from breakglass.errors import (
     WrongState,
 )
 from breakglass.models import AccessRequest, Alert, AuditEvent, Grant
+from breakglass.providers import krl
 
 from .conftest import make_target
 from .flows import (
@@ -284,8 +285,12 @@ def test_early_end_by_requester_approver_or_admin(
     event = last_event("grant.revoked")
     assert event.actor == who
     assert event.data["reason"] == "fixed"
-    # An SSH certificate stays valid until its end; the trail says so.
-    assert event.data["certificate_valid_until"] == grant.expires_at.isoformat()
+    # The certificate is recalled through the target's revocation list.
+    serial = grant.target_snapshot["certificate_serial"]
+    assert event.data["certificate_serial"] == serial
+    assert krl.recalled_serials(grant.target_snapshot["revocation_list_path"]) == [
+        serial
+    ]
     assert _count("grant.expired") == 0
 
 

@@ -3,6 +3,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from .. import selectors
 from ..models import AccessRequest, AuditEvent, OnCallShift
 
 # Ids, sequence numbers and offsets are PostgreSQL bigints: larger values are
@@ -83,6 +84,16 @@ class DecisionField(serializers.JSONField):
     """The decision as recorded: requests made before it existed show {}."""
 
 
+class RevocationSerializer(serializers.Serializer):
+    supported = serializers.BooleanField(
+        help_text="Whether ending the grant early cuts the credential at once."
+    )
+    note = serializers.CharField(
+        help_text="In plain words; for an SSH target without a revocation list, "
+        "until when the certificate stays valid."
+    )
+
+
 class RequestSerializer(serializers.ModelSerializer):
     target = serializers.CharField(source="target.name")
     scope = serializers.CharField(source="scope.name")
@@ -98,6 +109,7 @@ class RequestSerializer(serializers.ModelSerializer):
     revealed_at = serializers.SerializerMethodField()
     end_requested_at = serializers.SerializerMethodField()
     decision = DecisionField(read_only=True)
+    revocation = serializers.SerializerMethodField()
 
     class Meta:
         model = AccessRequest
@@ -126,6 +138,7 @@ class RequestSerializer(serializers.ModelSerializer):
             "principal",
             "revealed_at",
             "end_requested_at",
+            "revocation",
         ]
 
     def _grant(self, obj):
@@ -156,6 +169,10 @@ class RequestSerializer(serializers.ModelSerializer):
 
     def get_end_requested_at(self, obj) -> str | None:
         return _iso(self._grant_field(obj, "end_requested_at"))
+
+    @extend_schema_field(RevocationSerializer)
+    def get_revocation(self, obj):
+        return selectors.revocation_of(obj)
 
 
 def _iso(value):

@@ -6,12 +6,12 @@ import secrets
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from django.conf import settings
 
+from .. import clock
 from ..errors import ProviderError
+from . import krl
 from .base import Provider, env_value
-
-# Tolerate a target whose clock runs a little behind ours.
-VALID_AFTER_BACKDATE = datetime.timedelta(minutes=1)
 
 
 class SshProvider(Provider):
@@ -34,7 +34,9 @@ class SshProvider(Provider):
                 serialization.NoEncryption(),
             ).decode()
 
-        now = datetime.datetime.now(datetime.UTC)
+        # Tolerate a server whose clock runs a little behind ours.
+        backdate = datetime.timedelta(seconds=settings.BREAKGLASS_SSH_BACKDATE_SECONDS)
+        now = clock.now()
         builder = (
             serialization.SSHCertificateBuilder()
             .public_key(subject_key)
@@ -42,7 +44,7 @@ class SshProvider(Provider):
             .serial(secrets.randbits(63))
             .key_id(key_id.encode())
             .valid_principals([p.encode() for p in snapshot["grants"]])
-            .valid_after(int((now - VALID_AFTER_BACKDATE).timestamp()))
+            .valid_after(int((now - backdate).timestamp()))
             .valid_before(int(expires_at.timestamp()))
             .add_extension(b"permit-pty", b"")
         )
@@ -65,9 +67,47 @@ class SshProvider(Provider):
         return credential
 
     def revoke(self, snapshot, *, principal):
-        # The certificate carries its own end (valid_before); nothing is kept on
-        # the target to remove.
+        """Recall a certificate that is still valid through the target's KRL.
+
+        A certificate carries its own end (valid_before) and nothing is kept on
+        the server: before that end, only the revocation list can refuse it.
+        """
+        if not can_recall(snapshot):
+            return None
+        valid_until = datetime.datetime.fromisoformat(
+            snapshot["certificate_expires_at"]
+        )
+        now = clock.now()
+        if valid_until <= now:
+            return None
+        ca_public_key = (
+            load_ca_key(snapshot)
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            )
+            .decode()
+        )
+        krl.recall(
+            snapshot["revocation_list_path"],
+            ca_public_key=ca_public_key,
+            serial=snapshot["certificate_serial"],
+            valid_until=valid_until,
+            key_id=snapshot.get("certificate_key_id", principal),
+            now=now,
+        )
         return None
+
+
+def can_recall(snapshot):
+    """Return whether the certificate issued for this snapshot can be recalled early.
+
+    It needs the target's revocation list and the certificate's serial, which
+    issuance adds to the grant's snapshot.
+    """
+    return bool(snapshot.get("revocation_list_path")) and (
+        snapshot.get("certificate_serial") is not None
+    )
 
 
 def is_usable_public_key(text):
