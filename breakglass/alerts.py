@@ -23,7 +23,11 @@ from .models import Alert
 
 logger = logging.getLogger(__name__)
 
-CRITICAL_ACTIONS = {"grant.revocation_failed", "grant.issue_failed"}
+CRITICAL_ACTIONS = {
+    "grant.revocation_failed",
+    "grant.issue_failed",
+    "credential.orphan_removal_failed",
+}
 MAX_BACKOFF_SECONDS = 600
 
 
@@ -174,8 +178,10 @@ def _send_email(alert):
     event = alert.event
     about = f" request {event.request_id}" if event.request_id else ""
     subject = f"[breakglass] {event.action}{about}"
-    if event.target:
+    if event.target and event.scope:
         subject += f" {event.target}/{event.scope} by {event.requester}"
+    elif event.target:
+        subject += f" {event.target}"
     body = json.dumps(payload(event), indent=2, sort_keys=True)
     send_mail(
         subject,

@@ -1,12 +1,13 @@
 """Reads: which requests, events and queues a user can see."""
 
 import time
+from datetime import timedelta
 
-from django.db.models import Q
+from django.db.models import Count, Min, Q
 
-from . import policy, roles
+from . import clock, policy, roles
 from .errors import NotVisible
-from .models import AccessRequest, AuditEvent, Target
+from .models import AccessRequest, Alert, AuditEvent, Grant, Target
 from .providers import ssh
 
 
@@ -90,23 +91,67 @@ def events(*, incident=None, request=None, since=None, until=None):
     return queryset.order_by("seq")
 
 
-def wait_for_end(request_id, *, timeout):
-    """Wait, at most `timeout` seconds, for a worker to end an active grant.
+# Operations
 
-    Revocation runs on the workers, which hold the targets' admin secrets; the
-    web answer waits for it briefly so that "revoked" can be said when it is true.
+# An alert still undelivered after this long is stuck, not merely in flight.
+STUCK_ALERT_AGE = timedelta(minutes=1)
+
+
+def can_see_operations(user):
+    return can_read_trail(user)
+
+
+def failing_revocations(now=None):
+    """Return a row for each grant whose revocation is due and not done.
+
+    Due means its expiry passed or someone asked for its end; a row is `failing`
+    once an attempt failed, `overdue` before the first attempt. Oldest due first.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = AccessRequest.objects.filter(pk=request_id).select_related("grant")
-        access_request = found.first()
-        snapshot = access_request.grant.target_snapshot
-        if access_request.status != AccessRequest.Status.ACTIVE:
-            return
-        if snapshot.get("kind") == "ssh" and not snapshot.get("revocation_list_path"):
-            # Such a certificate cannot be recalled: nothing to wait for.
-            return
-        time.sleep(0.1)
+    now = now or clock.now()
+    grants = (
+        Grant.objects.filter(request__status=AccessRequest.Status.ACTIVE)
+        .filter(
+            Q(expires_at__lte=now)
+            | Q(end_requested_at__isnull=False)
+            | (Q(revoke_attempts__gt=0) & ~Q(last_error=""))
+        )
+        .select_related("request__target", "request__scope", "request__requester")
+    )
+    rows = [_revocation_row(grant, now) for grant in grants]
+    return sorted(rows, key=lambda row: (row["due_at"], row["request"]))
+
+
+def _revocation_row(grant, now):
+    access_request = grant.request
+    due_at = grant.expires_at
+    if grant.end_requested_at and grant.end_requested_at < due_at:
+        due_at = grant.end_requested_at
+    return {
+        "request": access_request.pk,
+        "target": access_request.target.name,
+        "scope": access_request.scope.name,
+        "requester": access_request.requester.get_username(),
+        "incident": access_request.incident,
+        "principal": grant.principal,
+        "state": "failing" if grant.revoke_attempts else "overdue",
+        "due_at": due_at,
+        "overdue_seconds": max(0, int((now - due_at).total_seconds())),
+        "expires_at": grant.expires_at,
+        "end_requested_at": grant.end_requested_at,
+        "attempts": grant.revoke_attempts,
+        "last_error": grant.last_error,
+        # None: the next sweep tries it.
+        "next_attempt_at": grant.retry_at,
+    }
+
+
+def stuck_alerts(now=None):
+    """Return how many alerts are undelivered after a minute, and the oldest's time."""
+    now = now or clock.now()
+    stuck = Alert.objects.filter(
+        delivered_at__isnull=True, created_at__lte=now - STUCK_ALERT_AGE
+    ).aggregate(count=Count("pk"), oldest=Min("created_at"))
+    return {"count": stuck["count"], "oldest_created_at": stuck["oldest"]}
 
 
 def revocation_of(access_request):
@@ -140,3 +185,22 @@ def revocation_of(access_request):
         "note": f"This target takes no revocation list: {until}, even if access "
         "is ended early.",
     }
+
+
+def wait_for_end(request_id, *, timeout):
+    """Wait, at most `timeout` seconds, for a worker to end an active grant.
+
+    Revocation runs on the workers, which hold the targets' admin secrets; the
+    web answer waits for it briefly so that "revoked" can be said when it is true.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = AccessRequest.objects.filter(pk=request_id).select_related("grant")
+        access_request = found.first()
+        snapshot = access_request.grant.target_snapshot
+        if access_request.status != AccessRequest.Status.ACTIVE:
+            return
+        if snapshot.get("kind") == "ssh" and not snapshot.get("revocation_list_path"):
+            # Such a certificate cannot be recalled: nothing to wait for.
+            return
+        time.sleep(0.1)

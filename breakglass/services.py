@@ -252,9 +252,14 @@ def _snapshot(target, scope):
         "ca_key_env": target.ca_key_env,
         "revocation_list_path": target.revocation_list_path,
         "auth_log_path": target.auth_log_path,
-        "scope": scope.name,
-        "grants": list(scope.grants),
+        "scope": scope.name if scope else "",
+        "grants": list(scope.grants) if scope else [],
     }
+
+
+def target_snapshot(target):
+    """Return what a provider needs to reach the target, with no scope's grants."""
+    return _snapshot(target, None)
 
 
 def approve_for_issuance(access_request, *, actor):
@@ -326,7 +331,7 @@ def issue_grant(grant_id):
                 public_key=access_request.public_key,
             )
         except Exception as exc:
-            _issue_failed(grant, _describe_failure(exc))
+            _issue_failed(grant, describe_failure(exc))
             return grant
 
         if "serial" in credential:
@@ -374,7 +379,7 @@ def _refuse_issue(grant, refusal):
     logger.warning("grant %s refused at issuance: %s", grant.pk, refusal)
 
 
-def _describe_failure(exc):
+def describe_failure(exc):
     """Return what the trail and the logs may say about a provider's failure."""
     if isinstance(exc, ProviderError):
         return str(exc)
@@ -415,7 +420,7 @@ def _issue_failed(grant, error):
         logger.error(
             "cleanup after failed issuance of grant %s: %s",
             grant.pk,
-            _describe_failure(exc),
+            describe_failure(exc),
         )
     grant.retry_at = None
     grant.ended_at = clock.now()
@@ -533,7 +538,7 @@ def end_grant(grant_id):
                 grant.target_snapshot, principal=grant.principal
             )
         except Exception as exc:
-            grant.last_error = _describe_failure(exc)[:1000]
+            grant.last_error = describe_failure(exc)[:1000]
             grant.retry_at = now + _backoff(grant.revoke_attempts)
             grant.save(update_fields=["revoke_attempts", "last_error", "retry_at"])
             record(

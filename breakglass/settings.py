@@ -231,9 +231,7 @@ BREAKGLASS_REVOKE_WAIT_SECONDS = _setting(
 # How often every active grant's target is asked for new uses of its credential.
 BREAKGLASS_DETECT_SECONDS = _positive("BREAKGLASS_DETECT_SECONDS", 2.0)
 # How often every target is listed for `bg_` principals that no grant accounts for.
-BREAKGLASS_RECONCILE_SECONDS = _setting("BREAKGLASS_RECONCILE_SECONDS", env.float, 60.0)
-if BREAKGLASS_RECONCILE_SECONDS <= 0:
-    raise ImproperlyConfigured("BREAKGLASS_RECONCILE_SECONDS must be more than 0")
+BREAKGLASS_RECONCILE_SECONDS = _positive("BREAKGLASS_RECONCILE_SECONDS", 60.0)
 
 # Alerts (CONTRACT.md, section 6).
 BREAKGLASS_ALERT_WEBHOOK_URLS = _url_list("BREAKGLASS_ALERT_WEBHOOK_URLS")

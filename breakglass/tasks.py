@@ -5,6 +5,7 @@ import logging
 from celery import shared_task
 
 from . import alerts, services
+from . import reconcile as reconcile_module
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,13 @@ def deliver_alert(alert_id):
     # An undelivered alert keeps its row and its next attempt time; the sweep
     # tries it again then, so a lost task loses nothing.
     alerts.deliver(alert_id)
+
+
+@shared_task(name="breakglass.tasks.reconcile", expires=300)
+def reconcile():
+    counts = reconcile_module.reconcile_targets()
+    if counts["orphans"]:
+        logger.warning("reconcile: %s", counts)
 
 
 @shared_task(name="breakglass.tasks.sweep", expires=60)

@@ -388,3 +388,22 @@ def incident(request, incident):
         "chain": _chain_state(),
     }
     return render(request, "breakglass/incident.html", context)
+
+
+# Operations
+
+
+@login_required
+@require_GET
+def operations(request):
+    if not selectors.can_see_operations(request.user):
+        raise PermissionDenied(
+            "Only compliance reviewers and admins can see the operations page."
+        )
+    now = clock.now()
+    context = {
+        "revocations": selectors.failing_revocations(now),
+        "stuck_alerts": selectors.stuck_alerts(now),
+        "now": now,
+    }
+    return render(request, "breakglass/operations.html", context)

@@ -18,6 +18,7 @@ urlpatterns = [
     path("requests/<int:pk>/credential/", views.reveal, name="request-reveal"),
     path("oncall/", views.roster, name="oncall"),
     path("trail/", views.trail, name="trail"),
+    path("operations/", views.operations, name="operations"),
     path("incidents/<path:incident>/", views.incident, name="incident"),
     path("account/otp/", approval_views.otp_devices, name="otp-devices"),
     path("account/otp/add/", approval_views.otp_add, name="otp-add"),

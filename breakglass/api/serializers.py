@@ -298,3 +298,30 @@ class OnCallQuerySerializer(serializers.Serializer):
         required=False, help_text="Who is on call at this moment (with its offset)."
     )
     limit = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+
+
+class FailingRevocationSerializer(serializers.Serializer):
+    request = serializers.IntegerField()
+    target = serializers.CharField()
+    scope = serializers.CharField()
+    requester = serializers.CharField()
+    incident = serializers.CharField()
+    principal = serializers.CharField()
+    state = serializers.ChoiceField(choices=["overdue", "failing"])
+    due_at = serializers.DateTimeField()
+    overdue_seconds = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
+    end_requested_at = serializers.DateTimeField(allow_null=True)
+    attempts = serializers.IntegerField()
+    last_error = serializers.CharField()
+    next_attempt_at = serializers.DateTimeField(
+        allow_null=True, help_text="Null: the next sweep tries it."
+    )
+
+
+class FailingRevocationsSerializer(serializers.Serializer):
+    revocations = FailingRevocationSerializer(many=True)
+    undelivered_alerts = serializers.IntegerField(
+        help_text="Alerts still undelivered a minute after their event."
+    )
+    oldest_undelivered_alert_at = serializers.DateTimeField(allow_null=True)

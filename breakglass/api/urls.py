@@ -20,6 +20,11 @@ urlpatterns = [
     path("oncall/", views.OnCallListView.as_view(), name="api-oncall"),
     path("oncall/<int:pk>/", views.OnCallDetailView.as_view(), name="api-oncall-shift"),
     path("audit/verify/", views.AuditVerifyView.as_view(), name="api-audit-verify"),
+    path(
+        "operations/failing-revocations/",
+        views.FailingRevocationsView.as_view(),
+        name="api-failing-revocations",
+    ),
     # Only addresses ending in a slash, so that a missing one is still redirected.
     re_path(r"^(?P<path>.*/)$", views.UnknownView.as_view()),
 ]

@@ -8,13 +8,14 @@ from rest_framework.views import APIView
 
 from approvals import services as approval_services
 
-from .. import audit, oncall, roles, selectors, services
+from .. import audit, clock, oncall, roles, selectors, services
 from ..errors import NotAllowed, NotVisible
 from ..models import OnCallShift
 from .serializers import (
     AuditQuerySerializer,
     CredentialSerializer,
     EventSerializer,
+    FailingRevocationsSerializer,
     OnCallQuerySerializer,
     OnCallShiftCreateSerializer,
     OnCallShiftSerializer,
@@ -186,6 +187,27 @@ class AuditVerifyView(APIView):
 def _require_trail_reader(user):
     if not selectors.can_read_trail(user):
         raise NotAllowed("Only compliance reviewers and admins can read the trail.")
+
+
+class FailingRevocationsView(APIView):
+    @extend_schema(
+        responses={200: FailingRevocationsSerializer, 403: ERROR},
+        description="Grants due to end whose revocation is not done yet, and how "
+        "many alerts are stuck.",
+    )
+    def get(self, request):
+        if not selectors.can_see_operations(request.user):
+            raise NotAllowed(
+                "Only compliance reviewers and admins can see failing revocations."
+            )
+        now = clock.now()
+        stuck = selectors.stuck_alerts(now)
+        body = {
+            "revocations": selectors.failing_revocations(now),
+            "undelivered_alerts": stuck["count"],
+            "oldest_undelivered_alert_at": stuck["oldest_created_at"],
+        }
+        return Response(FailingRevocationsSerializer(body).data)
 
 
 class OnCallListView(APIView):

@@ -2,6 +2,9 @@ import os
 
 from ..errors import ProviderError
 
+# Every credential the product creates on a target is named with this prefix.
+PRINCIPAL_PREFIX = "bg_"
+
 
 class Provider:
     """Create and remove per-grant credentials on one kind of target."""
@@ -15,6 +18,10 @@ class Provider:
     def revoke(self, snapshot, *, principal):
         """Remove the credential and cut its sessions; succeed if already gone."""
         raise NotImplementedError
+
+    def principals(self, snapshot):
+        """Return the names of the `bg_` principals the target holds now."""
+        return []
 
 
 def env_value(name, what):

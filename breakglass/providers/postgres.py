@@ -8,7 +8,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..errors import ProviderError
-from .base import Provider, env_value
+from .base import PRINCIPAL_PREFIX, Provider, env_value
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,20 @@ class PostgresProvider(Provider):
                     _drop_role(conn, principal)
         except psycopg.Error as exc:
             raise ProviderError(_describe(exc)) from None
+
+    def principals(self, snapshot):
+        dsn = _admin_dsn(snapshot)
+        pattern = PRINCIPAL_PREFIX.replace("_", "\\_") + "%"
+        try:
+            with _connect(dsn) as conn:
+                rows = conn.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolname LIKE %s ESCAPE '\\' "
+                    "ORDER BY rolname",
+                    [pattern],
+                ).fetchall()
+        except psycopg.Error as exc:
+            raise ProviderError(_describe(exc)) from None
+        return [name for (name,) in rows]
 
 
 def _admin_dsn(snapshot):

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 import redis
 
 from ..errors import ProviderError
-from .base import Provider, env_value
+from .base import PRINCIPAL_PREFIX, Provider, env_value
 
 TIMEOUT_SECONDS = 5
 
@@ -18,17 +18,18 @@ class RedisProvider(Provider):
         url = env_value(snapshot.get("connection_env"), "admin URL")
         password = secrets.token_urlsafe(24)
         try:
-            client = _client(url)
-            # `reset` first: a retry after a crash starts from a user with nothing.
-            client.execute_command(
-                "ACL",
-                "SETUSER",
-                principal,
-                "reset",
-                "on",
-                f">{password}",
-                *snapshot["grants"],
-            )
+            with _client(url) as client:
+                # `reset` first: a retry after a crash starts from a user with
+                # nothing.
+                client.execute_command(
+                    "ACL",
+                    "SETUSER",
+                    principal,
+                    "reset",
+                    "on",
+                    f">{password}",
+                    *snapshot["grants"],
+                )
         except redis.RedisError as exc:
             raise ProviderError(f"Redis: {exc}") from None
         parts = urlsplit(url)
@@ -44,15 +45,25 @@ class RedisProvider(Provider):
     def revoke(self, snapshot, *, principal):
         url = env_value(snapshot.get("connection_env"), "admin URL")
         try:
-            client = _client(url)
-            client.execute_command("ACL", "DELUSER", principal)
-            client.execute_command("CLIENT", "KILL", "USER", principal)
+            with _client(url) as client:
+                client.execute_command("ACL", "DELUSER", principal)
+                client.execute_command("CLIENT", "KILL", "USER", principal)
         except redis.ResponseError as exc:
             # CLIENT KILL answers an error when no connection matched.
             if "No such user" not in str(exc):
                 raise ProviderError(f"Redis: {exc}") from None
         except redis.RedisError as exc:
             raise ProviderError(f"Redis: {exc}") from None
+
+    def principals(self, snapshot):
+        url = env_value(snapshot.get("connection_env"), "admin URL")
+        try:
+            with _client(url) as client:
+                users = client.execute_command("ACL", "USERS")
+        except redis.RedisError as exc:
+            raise ProviderError(f"Redis: {exc}") from None
+        names = (u.decode() if isinstance(u, bytes) else u for u in users)
+        return sorted(n for n in names if n.startswith(PRINCIPAL_PREFIX))
 
 
 def _client(url):
