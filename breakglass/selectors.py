@@ -200,7 +200,7 @@ def wait_for_end(request_id, *, timeout):
         snapshot = access_request.grant.target_snapshot
         if access_request.status != AccessRequest.Status.ACTIVE:
             return
-        if snapshot.get("kind") == "ssh" and not snapshot.get("revocation_list_path"):
+        if snapshot.get("kind") == "ssh" and not ssh.can_recall(snapshot):
             # Such a certificate cannot be recalled: nothing to wait for.
             return
         time.sleep(0.1)
