@@ -118,13 +118,19 @@ def failing_revocations(now=None):
         .select_related("request__target", "request__scope", "request__requester")
     )
     rows = [_revocation_row(grant, now) for grant in grants]
+    # An SSH grant asked to end on a target that cannot recall certificates is
+    # not due before its expiry.
+    rows = [row for row in rows if row["due_at"] <= now or row["attempts"]]
     return sorted(rows, key=lambda row: (row["due_at"], row["request"]))
 
 
 def _revocation_row(grant, now):
     access_request = grant.request
     due_at = grant.expires_at
-    if grant.end_requested_at and grant.end_requested_at < due_at:
+    recallable = grant.target_snapshot.get("kind") != "ssh" or ssh.can_recall(
+        grant.target_snapshot
+    )
+    if grant.end_requested_at and grant.end_requested_at < due_at and recallable:
         due_at = grant.end_requested_at
     return {
         "request": access_request.pk,

@@ -225,3 +225,22 @@ def test_the_api_only_reads(cora, api):
 
     assert response.status_code == 405
     assert response.data["code"] == "method_not_allowed"
+
+
+def test_an_ssh_grant_that_cannot_be_recalled_is_not_due_before_its_end(
+    alice, bob, carol, cora, tmp_path, monkeypatch
+):
+    make_ssh_ca(tmp_path, monkeypatch)
+    target = make_ssh_target("plain-bastion")
+    target.revocation_list_path = ""
+    target.save(update_fields=["revocation_list_path"])
+    access_request = issued_request(alice, bob, carol, target="plain-bastion")
+    services.request_end(access_request.pk, actor=alice, reason="done")
+
+    assert services.end_grant(access_request.grant.pk) is False
+    client = login(cora)
+    assert client.get(API_URL).json()["revocations"] == []
+
+    with time_machine.travel(access_request.grant.expires_at + timedelta(seconds=5)):
+        rows = client.get(API_URL).json()["revocations"]
+    assert [row["request"] for row in rows] == [access_request.pk]
