@@ -221,3 +221,10 @@ def test_the_seeded_bastion_issues_a_certificate_from_the_seeded_ca(demo):
     ).stdout.split()[1]
     assert f"Signing CA: ED25519 {fingerprint}" in shown
     assert "root" in shown.split("Principals:")[1]
+
+
+def test_the_demo_bastion_can_recall_a_certificate_ended_early(demo):
+    seed()
+
+    bastion = Target.objects.get(name="bastion")
+    assert bastion.revocation_list_path == str(demo / "ssh_ca" / "revoked_keys")

@@ -109,7 +109,10 @@ class Command(BaseCommand):
             # The file is written before the users commit: a password in the file
             # without its user is harmless, a user whose password nobody knows is not.
             _write_logins(logins_path, logins)
-            new_targets = self._seed_targets(with_postgres=pg_problem is None)
+            new_targets = self._seed_targets(
+                with_postgres=pg_problem is None,
+                revocation_list=ca_key_path.parent / "revoked_keys",
+            )
 
         self._print_logins(people, skipped, logins, logins_path)
         self._print_devices(people, show_qr=qr, new_devices=new_devices)
@@ -150,9 +153,12 @@ class Command(BaseCommand):
             people.append((person, user, device))
         return people, new_devices, skipped
 
-    def _seed_targets(self, *, with_postgres):
+    def _seed_targets(self, *, with_postgres, revocation_list):
         """Create the demo targets that do not exist yet; return their names."""
-        wanted = [BASTION] + ([DEMO_DB] if with_postgres else [])
+        # The demo's servers would read this list (RevokedKeys), so ending an
+        # SSH grant early recalls its certificate.
+        bastion = {**BASTION, "revocation_list_path": str(revocation_list.resolve())}
+        wanted = [bastion] + ([DEMO_DB] if with_postgres else [])
         missing = [
             t for t in wanted if not Target.objects.filter(name=t["name"]).exists()
         ]
