@@ -19,6 +19,10 @@ def _schedule_sweeps(sender, **kwargs):
     # The sweep is the safety net under every scheduled revocation and delivery:
     # a task lost with its worker or broker is found again within one interval.
     sender.add_periodic_task(every, sender.signature("breakglass.tasks.sweep"))
+    sender.add_periodic_task(
+        settings.BREAKGLASS_DETECT_SECONDS,
+        sender.signature("breakglass.tasks.detect_uses"),
+    )
     # Orphans are rare (a crash mid-issuance): listing every target once a
     # minute is enough.
     sender.add_periodic_task(

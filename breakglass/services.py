@@ -532,6 +532,11 @@ def end_grant(grant_id):
         if not early and grant.expires_at > now:
             return False
 
+        # A session opened since the last detection run is recorded before the
+        # revocation cuts it.
+        from .detection import record_uses_before_end
+
+        record_uses_before_end(grant)
         grant.revoke_attempts += 1
         try:
             provider_for(grant.target_snapshot["kind"]).revoke(

@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from . import alerts, services
+from . import alerts, detection, services
 from . import reconcile as reconcile_module
 
 logger = logging.getLogger(__name__)
@@ -39,3 +39,10 @@ def sweep():
     counts = services.sweep()
     if any(counts.values()):
         logger.info("sweep: %s", counts)
+
+
+@shared_task(name="breakglass.tasks.detect_uses", expires=10)
+def detect_uses():
+    found = detection.detect_uses()
+    if found:
+        logger.info("detection: %s new uses", found)

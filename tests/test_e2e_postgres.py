@@ -142,6 +142,7 @@ def test_a_grant_works_until_it_expires_then_is_gone(
         ("request.approved", "carol"),
         ("grant.issued", "system"),
         ("credential.revealed", "alice"),
+        ("credential.used", "system"),
         ("grant.expired", "system"),
     ]
     assert all(e["incident"] == "INC-4711" for e in events)
@@ -197,6 +198,7 @@ def test_a_grant_revoked_early_is_cut_off_within_seconds(
         ("request.approved", "carol"),
         ("grant.issued", "system"),
         ("credential.revealed", "alice"),
+        ("credential.used", "system"),
         ("grant.revoked", "bob"),
     ]
     assert events[-1]["data"]["reason"] == "incident resolved"

@@ -1,9 +1,22 @@
 import os
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from ..errors import ProviderError
 
 # Every credential the product creates on a target is named with this prefix.
 PRINCIPAL_PREFIX = "bg_"
+
+
+@dataclass(frozen=True)
+class Session:
+    """One session or login the target shows for a credential."""
+
+    # Stable for the life of the session, so that each one is recorded once.
+    key: str
+    source_address: str
+    used_at: datetime
+    details: dict = field(default_factory=dict)
 
 
 class Provider:
@@ -21,6 +34,10 @@ class Provider:
 
     def principals(self, snapshot):
         """Return the names of the `bg_` principals the target holds now."""
+        return []
+
+    def sessions(self, snapshot, *, principal):
+        """Return the sessions or logins the target shows for the credential."""
         return []
 
 

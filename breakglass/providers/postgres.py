@@ -8,7 +8,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..errors import ProviderError
-from .base import PRINCIPAL_PREFIX, Provider, env_value
+from .base import PRINCIPAL_PREFIX, Provider, Session, env_value
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,47 @@ class PostgresProvider(Provider):
         except psycopg.Error as exc:
             raise ProviderError(_describe(exc)) from None
         return [name for (name,) in rows]
+
+    def sessions(self, snapshot, *, principal):
+        dsn = _admin_dsn(snapshot)
+        try:
+            with _connect(dsn) as conn:
+                # A session that switched to a granted role with SET ROLE keeps
+                # its login role here.
+                rows = conn.execute(
+                    "SELECT pid, backend_start, host(client_addr), client_port, "
+                    "datname FROM pg_stat_activity "
+                    "WHERE usename = %s AND backend_type = 'client backend'",
+                    [principal],
+                ).fetchall()
+        except psycopg.Error as exc:
+            raise ProviderError(_describe(exc)) from None
+        if any(started is None for _, started, *_ in rows):
+            # Only superusers and members of pg_read_all_stats see when and from
+            # where other roles' sessions started.
+            raise ProviderError(
+                "PostgreSQL: the admin role cannot see the sessions' details; "
+                "grant it pg_read_all_stats"
+            )
+        return [
+            Session(
+                # A pid is reused once its backend exits; with the start time it
+                # names one session.
+                key=f"pid {pid} at {started.isoformat()}",
+                source_address=_address(host, port),
+                used_at=started,
+                details={"database": dbname, "pid": pid},
+            )
+            for pid, started, host, port, dbname in rows
+        ]
+
+
+def _address(host, port):
+    if not host:
+        return "local socket"
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
 
 
 def _admin_dsn(snapshot):

@@ -1,12 +1,14 @@
 """Redis: a per-grant ACL user, deleted with its connections at the end."""
 
 import secrets
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import redis
 
+from .. import clock
 from ..errors import ProviderError
-from .base import PRINCIPAL_PREFIX, Provider, env_value
+from .base import PRINCIPAL_PREFIX, Provider, Session, env_value
 
 TIMEOUT_SECONDS = 5
 
@@ -64,6 +66,28 @@ class RedisProvider(Provider):
             raise ProviderError(f"Redis: {exc}") from None
         names = (u.decode() if isinstance(u, bytes) else u for u in users)
         return sorted(n for n in names if n.startswith(PRINCIPAL_PREFIX))
+
+    def sessions(self, snapshot, *, principal):
+        url = env_value(snapshot.get("connection_env"), "admin URL")
+        try:
+            with _client(url) as client:
+                # Client ids start again from 1 when the server restarts; its run
+                # id tells one server run from the next.
+                run_id = client.info("server")["run_id"]
+                connections = client.client_list()
+                now = clock.now()
+        except redis.RedisError as exc:
+            raise ProviderError(f"Redis: {exc}") from None
+        return [
+            Session(
+                key=f"client {c['id']} of run {run_id}",
+                source_address=c.get("addr", ""),
+                used_at=now - timedelta(seconds=int(c.get("age", 0))),
+                details={"client_id": int(c["id"]), "db": int(c.get("db", 0))},
+            )
+            for c in connections
+            if c.get("user") == principal
+        ]
 
 
 def _client(url):

@@ -10,7 +10,7 @@ from django.conf import settings
 
 from .. import clock
 from ..errors import ProviderError
-from . import krl
+from . import krl, ssh_logins
 from .base import Provider, env_value
 
 
@@ -97,6 +97,14 @@ class SshProvider(Provider):
             now=now,
         )
         return None
+
+    def sessions(self, snapshot, *, principal):
+        """Return the accepted logins with the certificate, from the sshd log."""
+        return ssh_logins.accepted_logins(
+            snapshot.get("auth_log_path"),
+            principal=principal,
+            serial=snapshot.get("certificate_serial"),
+        )
 
 
 def can_recall(snapshot):
