@@ -58,7 +58,10 @@ def find_orphans(target):
     """Return the target's `bg_` principals that no live grant accounts for."""
     # The target is listed before the grants are read: a credential that exists
     # now was created after its grant's row committed, so that row is seen.
-    principals = provider_for(target.kind).principals(services.target_snapshot(target))
+    listed = provider_for(target.kind).principals(services.target_snapshot(target))
+    # A role or user that merely starts with bg_ (an application's, a scope's,
+    # another installation's) is not ours to drop.
+    principals = [name for name in listed if services.is_grant_principal(name)]
     if not principals:
         return []
     live = _live_principals(principals)

@@ -236,6 +236,16 @@ def close_if_overdue(access_request):
 # Issuing
 
 
+# The exact shape of the names this product gives its credentials; anything
+# else on a target, even starting with bg_, is never treated as one of ours.
+PRINCIPAL_PATTERN = re.compile(r"^bg_[a-z0-9]{0,24}_[0-9]+_[0-9a-f]{8}$")
+
+
+def is_grant_principal(name):
+    """Return whether a name on a target has the shape of a grant's credential."""
+    return bool(PRINCIPAL_PATTERN.match(name))
+
+
 def _principal_for(access_request):
     user = re.sub(r"[^a-z0-9]", "", access_request.requester.get_username().lower())
     # The random tail makes the name unguessable and never reused, even if

@@ -401,3 +401,22 @@ def test_the_scheduler_runs_reconciliation(targets, servers, worker, webhook_rec
     )
     assert all(webhook_receiver.is_signed(d) for d in deliveries)
     assert "reconcile" in worker.log()
+
+
+def test_a_role_or_user_that_only_starts_with_bg_is_never_touched(targets, servers):
+    pg_target, redis_target = servers
+    _make_role(pg_target, "bg_app", "x-" + secrets.token_hex(8))
+    _make_acl_user(redis_target, "bg_cache_writer", "x-" + secrets.token_hex(8))
+    try:
+        counts = reconcile.reconcile_targets()
+
+        assert counts["orphans"] == 0
+        assert pg_target.role("bg_app") is not None
+        assert "bg_cache_writer" in redis_target.users()
+        assert _removed_events() == []
+    finally:
+        with pg_target.connect() as conn:
+            conn.execute("DROP OWNED BY bg_app")
+            conn.execute("DROP ROLE bg_app")
+        with redis_target.admin() as admin:
+            admin.execute_command("ACL", "DELUSER", "bg_cache_writer")
