@@ -10,6 +10,7 @@ import re
 import secrets
 from datetime import timedelta
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Q
@@ -127,13 +128,16 @@ def create_request(
             fields={"public_key": ["Paste one line such as ssh-ed25519 AAAA... ."]},
         )
 
-    decision = policy.decide(target_obj, scope_obj, requester)
-    policy.check_request(
-        target_obj, decision, duration_minutes=duration_minutes, incident=incident
-    )
-
-    now = clock.now()
     with transaction.atomic():
+        # One request at a time per requester: the count of their open requests
+        # that the policy may limit must not change under the decision.
+        get_user_model().objects.select_for_update().filter(pk=requester.pk).first()
+        decision = policy.decide(target_obj, scope_obj, requester)
+        policy.check_request(
+            target_obj, decision, duration_minutes=duration_minutes, incident=incident
+        )
+
+        now = clock.now()
         access_request = AccessRequest.objects.create(
             requester=requester,
             target=target_obj,
