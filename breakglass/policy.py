@@ -213,7 +213,11 @@ def request_digest(access_request):
     """Return a fingerprint of what was asked, to which each vote is bound."""
     content = {
         "target": access_request.target_id,
+        "kind": access_request.target.kind,
         "scope": access_request.scope_id,
+        # What the scope gives is part of what was approved: a scope edited
+        # after the votes voids them.
+        "grants": list(access_request.scope.grants),
         "duration_minutes": access_request.duration_minutes,
         "reason": access_request.reason,
         "incident": access_request.incident,
@@ -255,6 +259,11 @@ def recheck(access_request):
     group, the request may have changed after the votes, or the policy may have
     tightened since the request was made.
     """
+    if not access_request.target.is_active or not access_request.scope.is_active:
+        return (
+            f"{access_request.target.name}/{access_request.scope.name} is no longer "
+            "offered"
+        )
     try:
         # The context is the one known when the request was made: the clock
         # passing 18:00 or a shift ending while approvers decide tightens nothing.

@@ -152,9 +152,25 @@ def _scope_names_other_approvers(approved, **people):
     )
 
 
+def _scope_was_withdrawn(approved, **people):
+    approved.scope.is_active = False
+    approved.scope.save()
+
+
+def _scope_grants_more(approved, **people):
+    approved.scope.grants = ["root", "admin"]
+    approved.scope.save()
+
+
 @pytest.mark.parametrize(
     "change, why",
     [
+        (_scope_was_withdrawn, "bastion/read is no longer offered"),
+        (
+            _scope_grants_more,
+            "the policy now needs 2 approvals (2 approvals: production) and 0 still "
+            "count",
+        ),
         (
             _requester_is_no_longer_a_requester,
             "the requester is no longer allowed: You do not hold the requester role.",
