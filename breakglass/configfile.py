@@ -207,7 +207,10 @@ def _moment(mapping, key, path):
         )
     if value.tzinfo is None:
         raise ConfigError(f"{path}.{key}", "must give its offset from UTC (e.g. Z)")
-    return value.astimezone(datetime.UTC)
+    try:
+        return value.astimezone(datetime.UTC)
+    except OverflowError:
+        raise ConfigError(f"{path}.{key}", "is out of range") from None
 
 
 def _no_unknown_keys(mapping, allowed, path):
@@ -392,9 +395,15 @@ def _clock_time(mapping, key, path):
         # YAML 1.1 reads an unquoted 09:00 as a number of minutes (sexagesimal).
         value = f"{value // 60:02d}:{value % 60:02d}"
     try:
-        return datetime.time.fromisoformat(value)
+        moment = datetime.time.fromisoformat(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{path}.{key}", "must be a time such as 09:00") from None
+    if moment.tzinfo is not None:
+        # Working hours are local to the policy's `timezone`, never an offset.
+        raise ConfigError(
+            f"{path}.{key}", "must be a local time without offset; set timezone"
+        )
+    return moment
 
 
 def clean_rules(rules, path):

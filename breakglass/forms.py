@@ -1,6 +1,6 @@
 """Web forms: they check the shape of input; the services decide what is allowed."""
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django import forms
 
@@ -126,6 +126,6 @@ class TrailFilterForm(forms.Form):
             "since": datetime.combine(since, time.min, UTC) if since else None,
             # The last day is included: stop at the start of the next one.
             "until": datetime.combine(until + timedelta(days=1), time.min, UTC)
-            if until
+            if until and until < date.max
             else None,
         }

@@ -559,6 +559,16 @@ BAD = [
     ),
     ("oncall[0].start", _replaced("start: 2026-01-12T08:00:00+01:00", "start: soon")),
     ("oncall[0].start", _replaced("    start: 2026-01-12T08:00:00+01:00\n", "")),
+    (
+        "oncall[0].start",
+        _replaced(
+            "start: 2026-01-12T08:00:00+01:00", 'start: "0001-01-01T00:30:00+01:00"'
+        ),
+    ),
+    (
+        "targets[0].policy.working_hours.start",
+        _replaced("start: 09:00, end: 18:30", 'start: "09:00+01:00", end: 18:30'),
+    ),
     ("oncall[0].shift", _replaced("note: week 3", "shift: week 3")),
     ("oncall[0].note", _replaced("note: week 3", "note: " + "n" * 201)),
     ("oncall[1]", _replaced("  - {user: bob,", "  - bob\n  - {user: bob,")),

@@ -104,3 +104,10 @@ def test_request_page_links_its_incident_for_compliance(two_incidents, cora):
     assert 'href="/incidents/INC-1/"' in page.text
     page = login(first.requester).get(f"/requests/{first.pk}/")
     assert 'href="/incidents/INC-1/"' not in page.text
+
+
+def test_trail_until_the_last_day_there_is_shows_everything(two_incidents, cora):
+    page = login(cora).get("/trail/", {"until": "9999-12-31"})
+
+    assert page.status_code == 200
+    assert event_rows(page) > 0
