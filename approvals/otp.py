@@ -16,8 +16,9 @@ def verify(user, token, device=None):
     per device: a replay, or the same code sent twice at once, is refused (django-otp
     keeps the last accepted time step). `device` (a name or persistent id) picks one
     device, so that failures count against it alone and a resting device does not
-    lock its owner out of the others; without it every device is tried and a
-    failure counts against each. Raise Throttled when every candidate is resting.
+    lock its owner out of the others; without it every device that is not resting
+    is tried and a failure counts against the first of them only. Raise Throttled
+    when every candidate is resting.
     """
     token = (token or "").strip().replace(" ", "")
     with transaction.atomic():
@@ -31,16 +32,35 @@ def verify(user, token, device=None):
         if not devices:
             return None
         resting_until = []
+        counted = False
         for device in devices:
             allowed, info = device.verify_is_allowed()
             if not allowed:
                 resting_until.append((info or {}).get("locked_until"))
                 continue
+            before = (
+                device.throttling_failure_count,
+                device.throttling_failure_timestamp,
+            )
             if token.isdigit() and device.verify_token(token):
                 return device
             if not token.isdigit():
                 # Count a malformed code as a failure too, without asking the device.
                 device.throttle_increment()
+            if counted:
+                # One wrong code rests one device, the first one that was tried,
+                # so that its owner can still use the others.
+                (
+                    device.throttling_failure_count,
+                    device.throttling_failure_timestamp,
+                ) = before
+                device.save(
+                    update_fields=[
+                        "throttling_failure_count",
+                        "throttling_failure_timestamp",
+                    ]
+                )
+            counted = True
         if len(resting_until) == len(devices):
             until = min((t for t in resting_until if t), default=None)
             wait = (until - clock.now()).total_seconds() if until else 60

@@ -354,3 +354,21 @@ def test_an_end_delivered_twice_at_once_revokes_and_records_once(
     access_request.refresh_from_db()
     assert access_request.status == Status.EXPIRED
     assert AuditEvent.objects.filter(action="grant.expired").count() == 1
+
+
+def test_a_wrong_code_without_a_device_rests_only_one_device(
+    api, pending, bob, two_devices
+):
+    phone, tablet = two_devices
+    client = api(bob)
+
+    with time_machine.travel(pending.created_at + timedelta(seconds=1), tick=False):
+        wrong = client.post(_url(pending), {"otp": _wrong(_code(phone))}, format="json")
+        # Straight after, the other device still approves.
+        right = client.post(_url(pending), {"otp": _code(tablet)}, format="json")
+
+    assert wrong.status_code == 403
+    assert right.status_code == 200, right.content
+    phone.refresh_from_db()
+    tablet.refresh_from_db()
+    assert (phone.throttling_failure_count, tablet.throttling_failure_count) == (1, 0)
