@@ -355,6 +355,9 @@ def issue_grant(grant_id):
                 "certificate_serial": credential["serial"],
                 "certificate_key_id": credential["key_id"],
                 "certificate_expires_at": expires_at.isoformat(),
+                # The CA that signed it: a list entry under a rotated CA would
+                # not recall it.
+                "certificate_ca_public_key": credential["ca_public_key"],
             }
         grant.issued_at = now
         grant.expires_at = expires_at

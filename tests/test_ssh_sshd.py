@@ -472,3 +472,23 @@ def test_a_damaged_state_file_is_refused_not_overwritten(sshd, tmp_path):
 
     assert state.read_text() == "not json"
     assert not path.exists()
+
+
+def test_an_early_end_after_the_ca_key_rotated_still_recalls_the_certificate(
+    alice, bob, bastion, sshd, tmp_path, monkeypatch, django_capture_on_commit_callbacks
+):
+    access_request, grant = _issue(alice, bob)
+    key, certificate_path = _reveal(access_request, alice, tmp_path)
+    # The CA key is rotated while the certificate is still valid.
+    new_ca = tmp_path / "new_ca"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(new_ca)], check=True
+    )
+    monkeypatch.setenv(CA_ENV, str(new_ca))
+
+    with django_capture_on_commit_callbacks(execute=False):
+        services.request_end(access_request.pk, actor=alice, reason="fixed")
+    assert services.end_grant(grant.pk) is True
+
+    assert _query_list(sshd.krl, certificate_path)
+    assert not sshd.login(key, certificate_path)

@@ -60,6 +60,7 @@ class SshProvider(Provider):
             "certificate": certificate.public_bytes().decode() + "\n",
             "key_id": key_id,
             "serial": certificate.serial,
+            "ca_public_key": _openssh_public(ca_key.public_key()),
             "expires_at": expires_at.isoformat(),
         }
         if private_key:
@@ -80,13 +81,8 @@ class SshProvider(Provider):
         now = clock.now()
         if valid_until <= now:
             return None
-        ca_public_key = (
-            load_ca_key(snapshot)
-            .public_key()
-            .public_bytes(
-                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-            )
-            .decode()
+        ca_public_key = snapshot.get("certificate_ca_public_key") or _openssh_public(
+            load_ca_key(snapshot).public_key()
         )
         krl.recall(
             snapshot["revocation_list_path"],
@@ -131,6 +127,12 @@ def is_usable_public_key(text):
         # Shorter RSA keys are refused by current OpenSSH and breakable.
         return key.key_size >= 2048
     return not isinstance(key, serialization.SSHCertificate)
+
+
+def _openssh_public(key):
+    return key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
 
 
 def load_ca_key(snapshot):
