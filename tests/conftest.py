@@ -17,7 +17,9 @@ from breakglass.models import Policy, Scope, Target
 
 
 def make_user(username, *role_names, groups=(), totp=False):
-    user = User.objects.create_user(username, f"{username}@example.com", "pw-" + username)
+    user = User.objects.create_user(
+        username, f"{username}@example.com", "pw-" + username
+    )
     user.is_superuser = user.is_staff = roles.ADMIN in role_names
     user.save()
     for name in [r for r in role_names if r != roles.ADMIN] + list(groups):
@@ -70,9 +72,20 @@ def ada(db):
     return make_user("ada", roles.ADMIN, totp=True)
 
 
-def make_target(name, kind, *, grants, approvals=2, env_var="", ca_env="",
-                approver_groups=("sre-leads",), requester_groups=(),
-                max_minutes=60, window_minutes=30, incident_pattern=r"^INC-[0-9]+$"):
+def make_target(
+    name,
+    kind,
+    *,
+    grants,
+    approvals=2,
+    env_var="",
+    ca_env="",
+    approver_groups=("sre-leads",),
+    requester_groups=(),
+    max_minutes=60,
+    window_minutes=30,
+    incident_pattern=r"^INC-[0-9]+$",
+):
     target = Target.objects.create(
         name=name,
         kind=kind,
