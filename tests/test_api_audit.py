@@ -5,12 +5,12 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection
 
 from breakglass import services
 from breakglass.models import AuditEvent
 
 from .flows import issued_request, make_ssh_ca, make_ssh_target, open_request
+from .tampering import tamper
 
 EVENT_FIELDS = {
     "seq",
@@ -165,11 +165,10 @@ def test_verify_reports_an_intact_trail(api, alice, bob, carol, cora, ada, basti
 def test_verify_names_the_first_tampered_event(api, alice, bob, carol, cora, bastion):
     issued_request(alice, bob, carol)
     tampered = AuditEvent.objects.get(action="request.approved")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE breakglass_auditevent SET actor = %s WHERE id = %s",
-            ["mallory", tampered.pk],
-        )
+    tamper(
+        "UPDATE breakglass_auditevent SET actor = %s WHERE id = %s",
+        ["mallory", tampered.pk],
+    )
 
     response = api(cora).get("/api/v1/audit/verify/")
 

@@ -11,6 +11,7 @@ from breakglass import audit
 from breakglass.models import AuditEvent
 
 from .flows import issued_request, make_ssh_ca, make_ssh_target
+from .tampering import tamper
 
 
 @pytest.fixture
@@ -34,8 +35,7 @@ def _verify_audit():
 
 
 def _sql(statement, params):
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
+    tamper(statement, params)
 
 
 def test_events_form_a_gapless_linked_chain(flow):
