@@ -302,13 +302,15 @@ def test_a_grant_whose_worker_was_killed_is_revoked_by_the_next_worker(
         access_request.refresh_from_db()
         return access_request.status == Status.EXPIRED
 
-    wait_until(expired, timeout=RESTART_REVOKE_SECONDS, what="the sweep to revoke")
+    wait_until(expired, timeout=RESTART_REVOKE_SECONDS, what="the new worker to revoke")
     lag = time.monotonic() - restarted
     assert pg_target.role(grant.principal) is None
     assert _count("grant.expired", access_request) == 1
     assert _count("grant.revocation_failed") == 0
-    # The new worker's sweep did it: the scheduled task died with the first one.
-    assert "'ended': 1" in worker.log()[log_before:]
+    # The new worker did it: either its sweep, or the scheduled end that the
+    # broker gave back once the killed worker's hold on it lapsed.
+    new_log = worker.log()[log_before:]
+    assert "'ended': 1" in new_log or f"grant {grant.pk} ended (expired)" in new_log
     wait_until(
         lambda: not Alert.objects.filter(delivered_at__isnull=True).exists(),
         timeout=20,
