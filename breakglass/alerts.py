@@ -27,6 +27,7 @@ CRITICAL_ACTIONS = {
     "grant.revocation_failed",
     "grant.issue_failed",
     "credential.orphan_removal_failed",
+    "audit.chain_broken",
 }
 MAX_BACKOFF_SECONDS = 600
 

@@ -2,11 +2,15 @@
 
 import hashlib
 import json
+import logging
+import time
 
 from django.db import connection, transaction
 
-from . import alerts, clock
-from .models import AuditEvent
+from . import alerts, checkpoints, clock
+from .models import AuditEvent, ChainVerification
+
+logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 _dumps = json.dumps
@@ -70,9 +74,7 @@ def record_event(action, *, actor, subject=None, data=None, notify=()):
     """
     subject = subject or {}
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
+        _lock_chain()
         last = AuditEvent.objects.order_by("-seq").values("seq", "hash").first()
         event = AuditEvent(
             seq=(last["seq"] + 1) if last else 1,
@@ -93,6 +95,12 @@ def record_event(action, *, actor, subject=None, data=None, notify=()):
         event.save()
         alerts.queue_alerts(event, notify=notify)
     return event
+
+
+def _lock_chain():
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
 
 
 def verify_chain(after=None):
@@ -144,3 +152,105 @@ def _hashed_rows(after_seq):
     rows = AuditEvent.objects.filter(seq__gt=after_seq).order_by("seq")
     for row in rows.values_list(*fields, "at", "hash").iterator(chunk_size=5000):
         yield (*row[:10], row[10].isoformat(timespec="microseconds"), row[11])
+
+
+# Recorded verifications
+
+
+def verify_and_record():
+    """Verify the whole trail, keep the result, and alert when it newly breaks.
+
+    Runs periodically and from `verify_audit`; pages show its latest result.
+    """
+    started = time.monotonic()
+    checked, first_bad = verify_chain()
+    head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
+    head_seq, head_hash = head or (0, "")
+    with transaction.atomic():
+        previous = ChainVerification.objects.order_by("-checked_at", "-id").first()
+        verification = ChainVerification.objects.create(
+            checked_at=clock.now(),
+            checked=checked,
+            first_bad=first_bad,
+            head_seq=head_seq if first_bad is None else 0,
+            head_hash=head_hash if first_bad is None else "",
+            seconds=round(time.monotonic() - started, 3),
+        )
+        if first_bad is not None and (
+            previous is None or previous.first_bad != first_bad
+        ):
+            logger.error("audit trail broken at seq %s", first_bad)
+            record_event(
+                "audit.chain_broken",
+                actor=SYSTEM,
+                data={"first_bad": first_bad, "checked": checked},
+            )
+    return verification
+
+
+def chain_state():
+    """Return the trail's state for a page: the last full check plus newer events.
+
+    Only the events appended since the last recorded full verification are
+    checked here; with none recorded, the whole trail is.
+    """
+    latest = ChainVerification.objects.order_by("-checked_at", "-id").first()
+    if latest is None:
+        checked, first_bad = verify_chain()
+        return {"checked": checked, "first_bad": first_bad, "full_check_at": None}
+    state = {
+        "checked": latest.checked,
+        "first_bad": latest.first_bad,
+        "full_check_at": latest.checked_at,
+    }
+    if latest.first_bad is None:
+        newer, first_bad = verify_chain(after=(latest.head_seq, latest.head_hash))
+        state.update(checked=latest.checked + newer, first_bad=first_bad)
+    return state
+
+
+# Checkpoints
+
+
+def sign_checkpoint():
+    """Sign the chain's head and send it out as an `audit.checkpoint` event.
+
+    Returns the checkpoint, or None when nothing was appended since the last one.
+    """
+    key = checkpoints.load_signing_key()
+    with transaction.atomic():
+        _lock_chain()
+        head = AuditEvent.objects.order_by("-seq").values("seq", "hash", "action")
+        head = head.first()
+        if head is None or head["action"] == "audit.checkpoint":
+            return None
+        checkpoint = checkpoints.sign(
+            key, seq=head["seq"], hash=head["hash"], signed_at=clock.now()
+        )
+        record_event("audit.checkpoint", actor=SYSTEM, data=checkpoint)
+    logger.info("audit checkpoint signed at seq %s", checkpoint["seq"])
+    return checkpoint
+
+
+def check_against_checkpoint(checkpoint, public_key):
+    """Raise CheckpointError unless the trail still holds the signed head.
+
+    The signature must verify; the event at the checkpoint's seq must exist and
+    carry its hash. Together with a verified chain, this shows that nothing up
+    to the checkpoint was rewritten, removed or truncated.
+    """
+    checkpoints.check_signature(checkpoint, public_key)
+    seq, expected = int(checkpoint["seq"]), checkpoint["hash"]
+    found = AuditEvent.objects.filter(seq=seq).values_list("hash", flat=True).first()
+    if found is None:
+        last = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True)
+        raise checkpoints.CheckpointError(
+            f"the trail ends at seq {last.first() or 0}, before checkpoint seq {seq}"
+            f" signed at {checkpoint['signed_at']}: events were removed"
+        )
+    if found != expected:
+        raise checkpoints.CheckpointError(
+            f"event seq {seq} has hash {found[:16]}..., but the checkpoint signed"
+            f" at {checkpoint['signed_at']} says {expected[:16]}...: the trail"
+            " was rewritten"
+        )

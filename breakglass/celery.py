@@ -29,3 +29,12 @@ def _schedule_sweeps(sender, **kwargs):
         settings.BREAKGLASS_RECONCILE_SECONDS,
         sender.signature("breakglass.tasks.reconcile"),
     )
+    sender.add_periodic_task(
+        settings.BREAKGLASS_VERIFY_SECONDS,
+        sender.signature("breakglass.tasks.verify_trail"),
+    )
+    if settings.BREAKGLASS_CHECKPOINT_KEY_FILE:
+        sender.add_periodic_task(
+            settings.BREAKGLASS_CHECKPOINT_SECONDS,
+            sender.signature("breakglass.tasks.sign_checkpoint"),
+        )

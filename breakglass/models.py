@@ -306,6 +306,30 @@ class AuditEvent(models.Model):
         return f"#{self.seq} {self.action}"
 
 
+class ChainVerification(models.Model):
+    """The result of one full verification of the trail.
+
+    Pages show the latest one and check only the events appended since, so that
+    showing the trail's state stays cheap however long the trail grows.
+    """
+
+    checked_at = models.DateTimeField()
+    checked = models.PositiveBigIntegerField()
+    # The seq of the first event that fails, or None when the chain held.
+    first_bad = models.BigIntegerField(null=True, blank=True)
+    head_seq = models.BigIntegerField(default=0)
+    head_hash = models.CharField(max_length=64, blank=True)
+    seconds = models.FloatField()
+
+    class Meta:
+        ordering = ["-checked_at", "-id"]
+        get_latest_by = ["checked_at", "id"]
+
+    def __str__(self):
+        state = "intact" if self.first_bad is None else f"broken at {self.first_bad}"
+        return f"{self.checked} events {state}"
+
+
 class Alert(models.Model):
     """One audit event waiting to be, or delivered on one channel."""
 

@@ -252,6 +252,14 @@ for _address in BREAKGLASS_ALERT_EMAILS:
 BREAKGLASS_ALERT_TIMEOUT_SECONDS = _setting(
     "BREAKGLASS_ALERT_TIMEOUT_SECONDS", env.float, 5.0
 )
+# The trail: a full verification this often, and a signed checkpoint of its head
+# this often, with a key kept outside the database (the demo keeps one in ./var/).
+BREAKGLASS_VERIFY_SECONDS = _positive("BREAKGLASS_VERIFY_SECONDS", 600.0)
+BREAKGLASS_CHECKPOINT_SECONDS = _positive("BREAKGLASS_CHECKPOINT_SECONDS", 3600.0)
+BREAKGLASS_CHECKPOINT_KEY_FILE = env.str(
+    "BREAKGLASS_CHECKPOINT_KEY_FILE",
+    default=str(VAR_DIR / "audit_checkpoint_key") if DEMO else "",
+)
 BREAKGLASS_CONFIG = env.str("BREAKGLASS_CONFIG", default="")
 BREAKGLASS_BASE_URL = env.str("BREAKGLASS_BASE_URL", default="http://127.0.0.1:8000")
 # SSH certificates start this long before their issuance, for servers whose clock

@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from . import alerts, detection, services
+from . import alerts, audit, detection, services
 from . import reconcile as reconcile_module
 
 logger = logging.getLogger(__name__)
@@ -46,3 +46,13 @@ def detect_uses():
     found = detection.detect_uses()
     if found:
         logger.info("detection: %s new uses", found)
+
+
+@shared_task(name="breakglass.tasks.verify_trail", expires=600)
+def verify_trail():
+    audit.verify_and_record()
+
+
+@shared_task(name="breakglass.tasks.sign_checkpoint", expires=600)
+def sign_checkpoint():
+    audit.sign_checkpoint()

@@ -344,11 +344,6 @@ def _require_trail_reader(user):
         )
 
 
-def _chain_state():
-    checked, first_bad = audit.verify_chain()
-    return {"checked": checked, "first_bad": first_bad}
-
-
 @login_required
 @require_GET
 def trail(request):
@@ -365,7 +360,7 @@ def trail(request):
     page = Paginator(events.reverse(), TRAIL_PAGE_SIZE).get_page(
         request.GET.get("page")
     )
-    context = {"form": form, "page": page, "chain": _chain_state()}
+    context = {"form": form, "page": page, "chain": audit.chain_state()}
     return render(request, "breakglass/trail.html", context, status=status)
 
 
@@ -385,7 +380,7 @@ def incident(request, incident):
         "incident": incident,
         "requests": requests,
         "events": events,
-        "chain": _chain_state(),
+        "chain": audit.chain_state(),
     }
     return render(request, "breakglass/incident.html", context)
 

@@ -101,6 +101,9 @@ class Command(BaseCommand):
             os.environ.get(CA_KEY_ENV) or var_dir / "ssh_ca" / "bastion_ca"
         )
         ca_created = _ensure_ca_key(ca_key_path)
+        checkpoint_key = settings.BREAKGLASS_CHECKPOINT_KEY_FILE
+        if checkpoint_key:
+            _ensure_ed25519_key(Path(checkpoint_key), "breakglass-demo-checkpoints")
         pg_problem = _postgres_problem(os.environ.get(PG_DSN_ENV) or DEFAULT_PG_DSN)
 
         with transaction.atomic():
@@ -257,6 +260,11 @@ def _write_logins(path, logins):
 
 def _ensure_ca_key(path):
     """Create the demo SSH CA key (ed25519) unless it exists; return if it did."""
+    return _ensure_ed25519_key(path, "breakglass-demo-ca")
+
+
+def _ensure_ed25519_key(path, comment):
+    """Create an Ed25519 key pair at `path` unless it exists; return if it did."""
     if path.exists():
         return False
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -272,7 +280,7 @@ def _ensure_ca_key(path):
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(private)
-    Path(f"{path}.pub").write_bytes(public + b" breakglass-demo-ca\n")
+    Path(f"{path}.pub").write_bytes(public + f" {comment}\n".encode())
     return True
 
 
