@@ -16,6 +16,8 @@ from rest_framework.test import APIClient
 from breakglass import roles
 from breakglass.models import Policy, Scope, Target
 
+from . import secret_scan
+
 
 def make_user(username, *role_names, groups=(), totp=False):
     user = User.objects.create_user(
@@ -147,6 +149,32 @@ def _flush_past_the_trail_triggers(teardown):
 TransactionTestCase._fixture_teardown = _flush_past_the_trail_triggers(
     TransactionTestCase._fixture_teardown
 )
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_leaves_its_credential(request, caplog):
+    """Fail a test whose issued secrets show up in an event, alert, email or log."""
+    uses_db = request.node.get_closest_marker("django_db") or {
+        "db",
+        "transactional_db",
+    } & set(request.fixturenames)
+    if not uses_db:
+        yield
+        return
+    # Set up after the database so that the check runs before it is emptied.
+    request.getfixturevalue("_django_db_helper")
+    secret_scan.issued.clear()
+    yield
+
+    secrets = secret_scan.secrets_of_the_test()
+    if secrets:
+        texts = secret_scan.produced_texts(
+            log_text=caplog.text,
+            # Already stopped by now; its log stays on disk.
+            worker=request.node.funcargs.get("worker"),
+            receiver=request.node.funcargs.get("webhook_receiver"),
+        )
+        assert secret_scan.leaks(secrets, texts) == []
 
 
 @pytest.fixture(autouse=True)
