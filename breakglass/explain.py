@@ -1,6 +1,7 @@
 """Policies and decisions in plain words, for the people who read the pages."""
 
 import datetime
+import re
 
 from .configfile import WEEKDAYS
 
@@ -139,3 +140,58 @@ def _condition(key, value, recent_window_days):
             f"{plural(recent_window_days, 'day')}"
         )
     return f"{key} is {value}"
+
+
+def describe_event(event):
+    """Return what an event says happened, in one plain sentence."""
+    data = event.data or {}
+    actor = event.actor
+    principal = data.get("principal", "")
+    sentences = {
+        "request.created": lambda: (
+            f"{actor} asked for {event.scope} on "
+            f"{event.target} for {data.get('duration_minutes', '?')} minutes"
+        ),
+        "approval.approved": lambda: (
+            f"{actor} approved with the one-time code of "
+            f"{_device(data.get('otp_device'))}"
+        ),
+        "approval.denied": lambda: (
+            f"{actor} denied with the one-time code of "
+            f"{_device(data.get('otp_device'))}"
+        ),
+        "request.approved": lambda: (
+            f"Approved: {plural(data.get('approvals', 0), 'approval')} reached"
+        ),
+        "request.denied": lambda: f"Denied by {actor}",
+        "request.cancelled": lambda: f"Cancelled by {actor}",
+        "request.timed_out": lambda: "Timed out waiting for approvals",
+        "grant.issued": lambda: f"Credential {principal} created on {event.target}",
+        "grant.issue_failed": lambda: "The credential could not be created",
+        "credential.revealed": lambda: f"{actor} revealed the credential",
+        "credential.used": lambda: (
+            f"{principal} used from "
+            f"{data.get('source_address') or 'an unknown address'}"
+        ),
+        "grant.end_requested": lambda: f"{actor} asked to end the grant",
+        "grant.revoked": lambda: f"Credential {principal} revoked early",
+        "grant.expired": lambda: f"Credential {principal} removed at expiry",
+        "grant.revocation_failed": lambda: (
+            f"Revocation failed (attempt {data.get('attempt', '?')}); it is retried"
+        ),
+        "otp.failed": lambda: f"A wrong one-time code from {actor}",
+        "audit.checkpoint": lambda: f"Trail head at seq {data.get('seq')} signed",
+        "audit.chain_broken": lambda: (
+            f"The trail is broken at seq {data.get('first_bad')}"
+        ),
+    }
+    describe = sentences.get(event.action)
+    return describe() if describe else event.action
+
+
+def _device(described):
+    """Name a device as the trail recorded it: "<id> (<name>)"."""
+    found = re.fullmatch(r"(\S+) \((.*)\)", described or "")
+    if not found:
+        return described or "a device"
+    return f"device “{found[2]}” ({found[1]})"

@@ -1,12 +1,15 @@
 """The trail and incident pages: compliance and admins only, with the chain's state."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
 
-from breakglass.models import AuditEvent
+from breakglass import detection, services
+from breakglass.models import AuditEvent, Grant
+from breakglass.providers.base import Session
 
+from .flows import issued_request
 from .tampering import triggers_disabled
 from .web_helpers import login, make_ssh_target, open_request
 
@@ -113,3 +116,31 @@ def test_trail_until_the_last_day_there_is_shows_everything(two_incidents, cora)
 
     assert page.status_code == 200
     assert event_rows(page) > 0
+
+
+def test_incident_timeline_tells_the_whole_story_in_words(
+    bastion, alice, bob, carol, cora
+):
+    access_request = issued_request(alice, bob, carol, incident="INC-7")
+    services.reveal_credential(access_request.pk, actor=alice)
+    grant = Grant.objects.get(request=access_request)
+    used_at = datetime(2026, 12, 3, 3, 12, tzinfo=UTC)
+    detection._record_new(grant, [Session("pid-1", "10.0.0.7:51234", used_at)])
+    with time_machine.travel(grant.expires_at + timedelta(seconds=1)):
+        services.end_grant(grant.pk)
+
+    page = login(cora).get("/incidents/INC-7/")
+
+    assert page.status_code == 200
+    text = page.text
+    story = [
+        "alice asked for read on bastion for 30 minutes",
+        "bob approved with the one-time code of device “phone”",
+        "carol approved with the one-time code of device “phone”",
+        f"Credential {grant.principal} created on bastion",
+        "alice revealed the credential",
+        f"{grant.principal} used from 10.0.0.7:51234",
+        f"Credential {grant.principal} removed at expiry",
+    ]
+    positions = [text.index(line) for line in story]
+    assert positions == sorted(positions)

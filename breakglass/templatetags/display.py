@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from django import template
 from django.utils.html import format_html
 
-from .. import roles, selectors
+from .. import explain, roles, selectors
 
 register = template.Library()
 
@@ -50,6 +50,11 @@ def _utc_text(value):
     if moment.tzinfo is None:
         return value
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@register.filter
+def describe_event(event):
+    return explain.describe_event(event)
 
 
 @register.simple_tag
