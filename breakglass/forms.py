@@ -4,6 +4,9 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from django import forms
 
+from . import report
+from .errors import InvalidInput
+
 MAX_MINUTES = 7 * 24 * 60
 
 
@@ -129,3 +132,49 @@ class TrailFilterForm(forms.Form):
             if until and until < date.max
             else None,
         }
+
+
+class ReportFilterForm(forms.Form):
+    """Choose the days of the compliance report (UTC, both inclusive)."""
+
+    since = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From"
+    )
+    until = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To"
+    )
+
+    def __init__(self, *args, **kwargs):
+        """Show the default range when no day is asked for."""
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            since, until = report.report_range()
+            self.initial = {"since": since, "until": until}
+
+    def clean(self):
+        cleaned = super().clean()
+        unknown = sorted(set(self.data) - set(self.fields))
+        for name in unknown:
+            self.add_error(None, f"Unknown field: {name}.")
+        if "since" in self.errors or "until" in self.errors:
+            return cleaned
+        try:
+            cleaned["since"], cleaned["until"] = report.report_range(
+                cleaned.get("since"), cleaned.get("until")
+            )
+        except InvalidInput as exc:
+            for field, problems in exc.fields.items():
+                self.add_error(field, problems)
+        return cleaned
+
+    def report_range(self):
+        """Return the first and last day asked for, or the default range."""
+        if not self.is_bound:
+            return report.report_range()
+        return self.cleaned_data["since"], self.cleaned_data["until"]
+
+
+class ReportExportForm(ReportFilterForm):
+    """Choose the days and the file format of a compliance report download."""
+
+    format = forms.ChoiceField(choices=[("csv", "CSV"), ("json", "JSON")])

@@ -4,24 +4,46 @@ Every refusal from a service (a BreakglassError) is shown on the page it came
 from, with the error's HTTP status.
 """
 
+import csv
 import re
 import shlex
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Prefetch
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from psycopg.conninfo import make_conninfo
+from rest_framework.renderers import JSONRenderer
 
-from . import audit, clock, explain, oncall, policy, roles, selectors, services
+from . import (
+    audit,
+    charts,
+    clock,
+    explain,
+    oncall,
+    policy,
+    report,
+    roles,
+    selectors,
+    services,
+)
+from .api.serializers import ComplianceReportSerializer
 from .errors import BreakglassError, NotAllowed, NotVisible, Throttled
-from .forms import EndForm, RequestForm, TrailFilterForm, VoteForm
+from .forms import (
+    EndForm,
+    ReportExportForm,
+    ReportFilterForm,
+    RequestForm,
+    TrailFilterForm,
+    VoteForm,
+)
 from .models import AccessRequest, Scope, Target
 
 Status = AccessRequest.Status
@@ -402,3 +424,72 @@ def operations(request):
         "now": now,
     }
     return render(request, "breakglass/operations.html", context)
+
+
+# The compliance report
+
+REPORT_TIMES = {
+    "time_to_approval": "Request → approval",
+    "time_to_issuance": "Approval → issuance",
+    "time_to_revocation": "Due → revoked",
+}
+
+
+def _require_report_reader(user):
+    if not report.can_see_report(user):
+        raise PermissionDenied(
+            "Only compliance reviewers and admins can read the compliance report."
+        )
+
+
+def _report_page(request, form, *, status=200):
+    context = {"form": form, "status": status}
+    if status == 200:
+        since, until = form.report_range()
+        figures = report.compliance_report(since, until)
+        context.update(
+            report=figures,
+            chart=charts.day_bars(figures["grants_by_day"]),
+            times=[
+                (name, label, figures[name]) for name, label in REPORT_TIMES.items()
+            ],
+            range_query=urlencode({"since": since, "until": until}),
+        )
+    return render(request, "breakglass/report.html", context, status=status)
+
+
+@login_required
+@require_GET
+def report_page(request):
+    _require_report_reader(request.user)
+    form = ReportFilterForm(request.GET or None)
+    if form.is_bound and not form.is_valid():
+        return _report_page(request, form, status=400)
+    return _report_page(request, form)
+
+
+@login_required
+@require_GET
+def report_export(request):
+    _require_report_reader(request.user)
+    form = ReportExportForm(request.GET)
+    if not form.is_valid():
+        return _report_page(request, form, status=400)
+    since, until = form.report_range()
+    figures = report.compliance_report(since, until)
+    kind = form.cleaned_data["format"]
+    if kind == "json":
+        response = HttpResponse(
+            JSONRenderer().render(ComplianceReportSerializer(figures).data),
+            content_type="application/json",
+        )
+    else:
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        writer = csv.writer(response)
+        for n, (name, header, rows) in enumerate(report.csv_sections(figures)):
+            if n:
+                writer.writerow([])
+            writer.writerows([[name], header, *rows])
+    filename = f"breakglass-report-{since}-{until}.{kind}"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

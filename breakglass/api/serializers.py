@@ -2,6 +2,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.settings import api_settings
 
 from .. import selectors
 from ..models import AccessRequest, AuditEvent, OnCallShift
@@ -325,3 +326,115 @@ class FailingRevocationsSerializer(serializers.Serializer):
         help_text="Alerts still undelivered a minute after their event."
     )
     oldest_undelivered_alert_at = serializers.DateTimeField(allow_null=True)
+
+
+class ComplianceReportQuerySerializer(serializers.Serializer):
+    since = serializers.DateField(
+        required=False, help_text="First day (UTC), YYYY-MM-DD; 29 days before until."
+    )
+    until = serializers.DateField(
+        required=False, help_text="Last day (UTC), included, YYYY-MM-DD; today."
+    )
+
+    def to_internal_value(self, data):
+        # A misspelt filter would otherwise be ignored and the report read as
+        # if it applied.
+        known = {*self.fields, api_settings.URL_FORMAT_OVERRIDE}
+        unknown = sorted(set(data) - known)
+        errors = {}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            errors = dict(exc.detail)
+        errors.update({name: ["Unknown field."] for name in unknown})
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+class ReportStatusCountSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=AccessRequest.Status.choices)
+    count = serializers.IntegerField()
+
+
+class ReportTargetCountSerializer(serializers.Serializer):
+    target = serializers.CharField()
+    count = serializers.IntegerField()
+
+
+class ReportRequesterCountSerializer(serializers.Serializer):
+    requester = serializers.CharField()
+    count = serializers.IntegerField()
+
+
+class ReportDayCountSerializer(serializers.Serializer):
+    day = serializers.DateField()
+    count = serializers.IntegerField()
+
+
+class ReportDurationSerializer(serializers.Serializer):
+    count = serializers.IntegerField(help_text="How many requests were measured.")
+    median_seconds = serializers.FloatField(allow_null=True)
+    p95_seconds = serializers.FloatField(
+        allow_null=True, help_text="95th percentile, nearest rank."
+    )
+    worst_seconds = serializers.FloatField(allow_null=True)
+    worst_request = serializers.IntegerField(
+        allow_null=True, help_text="The request that took the longest."
+    )
+
+
+class ReportLateRevocationSerializer(serializers.Serializer):
+    request = serializers.IntegerField()
+    target = serializers.CharField()
+    scope = serializers.CharField()
+    requester = serializers.CharField()
+    incident = serializers.CharField()
+    principal = serializers.CharField()
+    due_at = serializers.DateTimeField()
+    ended_at = serializers.DateTimeField(
+        allow_null=True, help_text="Null: not revoked yet."
+    )
+    late_seconds = serializers.FloatField(
+        help_text="From due to revoked, or to the report's time if not revoked."
+    )
+
+
+class ReportFailedRevocationSerializer(serializers.Serializer):
+    request = serializers.IntegerField()
+    target = serializers.CharField()
+    scope = serializers.CharField()
+    requester = serializers.CharField()
+    incident = serializers.CharField()
+    principal = serializers.CharField()
+    failures = serializers.IntegerField(help_text="Failed attempts within the range.")
+    last_failed_at = serializers.DateTimeField(allow_null=True)
+    still_failing = serializers.BooleanField()
+    ended_at = serializers.DateTimeField(allow_null=True)
+
+
+class ComplianceReportSerializer(serializers.Serializer):
+    since = serializers.DateField()
+    until = serializers.DateField(help_text="Included.")
+    generated_at = serializers.DateTimeField()
+    late_after_seconds = serializers.IntegerField()
+    requests_total = serializers.IntegerField()
+    requests_by_status = ReportStatusCountSerializer(many=True)
+    grants_issued = serializers.IntegerField()
+    grants_by_target = ReportTargetCountSerializer(many=True)
+    grants_by_requester = ReportRequesterCountSerializer(many=True)
+    grants_by_day = ReportDayCountSerializer(
+        many=True, help_text="Every day of the range, by the day of the request."
+    )
+    time_to_approval = ReportDurationSerializer(
+        help_text="From the request to its last needed approval."
+    )
+    time_to_issuance = ReportDurationSerializer(
+        help_text="From the last needed approval to the credential's creation."
+    )
+    time_to_revocation = ReportDurationSerializer(
+        help_text="From when an ended grant was due to end (its expiry, or the "
+        "early end asked for) to its revocation."
+    )
+    revoked_late = ReportLateRevocationSerializer(many=True)
+    failed_revocations = ReportFailedRevocationSerializer(many=True)

@@ -25,6 +25,11 @@ urlpatterns = [
         views.FailingRevocationsView.as_view(),
         name="api-failing-revocations",
     ),
+    path(
+        "reports/compliance/",
+        views.ComplianceReportView.as_view(),
+        name="api-compliance-report",
+    ),
     # Only addresses ending in a slash, so that a missing one is still redirected.
     re_path(r"^(?P<path>.*/)$", views.UnknownView.as_view()),
 ]

@@ -8,11 +8,13 @@ from rest_framework.views import APIView
 
 from approvals import services as approval_services
 
-from .. import audit, clock, oncall, roles, selectors, services
+from .. import audit, clock, oncall, report, roles, selectors, services
 from ..errors import NotAllowed, NotVisible
 from ..models import OnCallShift
 from .serializers import (
     AuditQuerySerializer,
+    ComplianceReportQuerySerializer,
+    ComplianceReportSerializer,
     CredentialSerializer,
     EventSerializer,
     FailingRevocationsSerializer,
@@ -208,6 +210,25 @@ class FailingRevocationsView(APIView):
             "oldest_undelivered_alert_at": stuck["oldest_created_at"],
         }
         return Response(FailingRevocationsSerializer(body).data)
+
+
+class ComplianceReportView(APIView):
+    @extend_schema(
+        parameters=[ComplianceReportQuerySerializer],
+        responses={200: ComplianceReportSerializer, 400: ERROR, 403: ERROR},
+        description="Grants, approval, issuance and revocation times, late and "
+        "failed revocations of the requests made from `since` to `until` (UTC days, "
+        "both included; by default the last 30 days, at most 366).",
+    )
+    def get(self, request):
+        if not report.can_see_report(request.user):
+            raise NotAllowed(
+                "Only compliance reviewers and admins can read the compliance report."
+            )
+        query = _valid(ComplianceReportQuerySerializer, request.query_params)
+        since, until = report.report_range(query.get("since"), query.get("until"))
+        figures = report.compliance_report(since, until)
+        return Response(ComplianceReportSerializer(figures).data)
 
 
 class OnCallListView(APIView):

@@ -66,3 +66,20 @@ def has_role(user, role):
 @register.simple_tag
 def can_read_trail(user):
     return user.is_authenticated and selectors.can_read_trail(user)
+
+
+@register.filter
+def duration(seconds):
+    """Render a number of seconds in words, with the exact value kept in <data>."""
+    if seconds is None:
+        return "—"
+    whole = int(seconds)
+    if seconds < 60:
+        text = f"{seconds:.1f} s".replace(".0 s", " s")
+    elif whole < 3600:
+        text = f"{whole // 60} min {whole % 60} s"
+    elif whole < 86400:
+        text = f"{whole // 3600} h {whole % 3600 // 60} min"
+    else:
+        text = f"{whole // 86400} d {whole % 86400 // 3600} h"
+    return format_html('<data value="{}">{}</data>', seconds, text)
