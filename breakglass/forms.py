@@ -6,6 +6,7 @@ from django import forms
 
 from . import report
 from .errors import InvalidInput
+from .models import AccessRequest
 
 MAX_MINUTES = 7 * 24 * 60
 
@@ -121,17 +122,79 @@ class TrailFilterForm(forms.Form):
     def query(self):
         """Return the filters as selectors.events takes them."""
         data = self.cleaned_data
-        since = data.get("since")
-        until = data.get("until")
         return {
             "incident": data.get("incident") or None,
             "request": data.get("request"),
-            "since": datetime.combine(since, time.min, UTC) if since else None,
-            # The last day is included: stop at the start of the next one.
-            "until": datetime.combine(until + timedelta(days=1), time.min, UTC)
-            if until and until < date.max
-            else None,
+            **_day_bounds(data.get("since"), data.get("until")),
         }
+
+
+def _day_bounds(since, until):
+    """Return UTC days, both inclusive, as the times `since` and `until` (excluded)."""
+    return {
+        "since": datetime.combine(since, time.min, UTC) if since else None,
+        # The last day is included: stop at the start of the next one.
+        "until": datetime.combine(until + timedelta(days=1), time.min, UTC)
+        if until and until < date.max
+        else None,
+    }
+
+
+def _refuse_unknown(form, known=()):
+    """Name every query parameter the form does not take, so a typo is not ignored."""
+    unknown = sorted(
+        name for name in form.data if name not in form.fields and name not in known
+    )
+    if unknown:
+        form.add_error(None, f"Unknown filter: {', '.join(unknown)}.")
+
+
+class TrailExportForm(TrailFilterForm):
+    """The trail's filters and the file format of the export."""
+
+    format = forms.ChoiceField(choices=[("csv", "CSV"), ("json", "JSON")])
+
+    def clean(self):
+        cleaned = super().clean()
+        _refuse_unknown(self)
+        return cleaned
+
+
+class RequestSearchForm(forms.Form):
+    """Search the requests' history (days are UTC, both inclusive)."""
+
+    requester = forms.CharField(required=False, max_length=150)
+    approver = forms.CharField(
+        required=False, max_length=150, help_text="Someone who voted, either way."
+    )
+    target = forms.CharField(required=False, max_length=100)
+    incident = forms.CharField(required=False, max_length=200)
+    status = forms.ChoiceField(
+        required=False, choices=[("", "any"), *AccessRequest.Status.choices]
+    )
+    since = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From"
+    )
+    until = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To"
+    )
+
+    def clean(self):
+        cleaned = super().clean()
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and until < since:
+            self.add_error("until", "Must not be before the first day.")
+        _refuse_unknown(self, known=("page",))
+        return cleaned
+
+    def query(self):
+        """Return the filters as selectors.search_requests takes them."""
+        data = self.cleaned_data
+        filters = {
+            name: data.get(name) or None
+            for name in ("requester", "approver", "target", "incident", "status")
+        }
+        return {**filters, **_day_bounds(data.get("since"), data.get("until"))}
 
 
 class ReportFilterForm(forms.Form):

@@ -33,6 +33,41 @@ def visible_requests(user):
     return queryset.filter(pk__in=ids)
 
 
+def search_requests(
+    user,
+    *,
+    requester=None,
+    approver=None,
+    target=None,
+    incident=None,
+    status=None,
+    since=None,
+    until=None,
+):
+    """Return the visible requests matching every filter given, newest first.
+
+    `approver` is the username of someone who voted on the request, either way;
+    `since` and `until` bound its creation, `until` excluded.
+    """
+    found = visible_requests(user)
+    if requester:
+        found = found.filter(requester__username=requester)
+    if approver:
+        # One vote per approver and request: the join cannot repeat a request.
+        found = found.filter(approvals__approver__username=approver)
+    if target:
+        found = found.filter(target__name=target)
+    if incident:
+        found = found.filter(incident=incident)
+    if status:
+        found = found.filter(status=status)
+    if since:
+        found = found.filter(created_at__gte=since)
+    if until:
+        found = found.filter(created_at__lt=until)
+    return found
+
+
 def get_visible_request(request_id, user):
     """Return the request if the user may see it; otherwise raise NotVisible."""
     found = visible_requests(user).filter(pk=request_id).first()

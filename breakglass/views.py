@@ -16,6 +16,7 @@ from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -27,6 +28,7 @@ from . import (
     charts,
     clock,
     explain,
+    export,
     oncall,
     policy,
     report,
@@ -41,6 +43,8 @@ from .forms import (
     ReportExportForm,
     ReportFilterForm,
     RequestForm,
+    RequestSearchForm,
+    TrailExportForm,
     TrailFilterForm,
     VoteForm,
 )
@@ -49,6 +53,7 @@ from .models import AccessRequest, Scope, Target
 Status = AccessRequest.Status
 
 TRAIL_PAGE_SIZE = 100
+HISTORY_PAGE_SIZE = 50
 HOME_LIST_SIZE = 50
 ROSTER_SIZE = 500
 ROSTER_SOURCES = {"config": "configuration file", "api": "API", "admin": "admin"}
@@ -388,6 +393,31 @@ def trail(request):
 
 @login_required
 @require_GET
+def trail_export(request):
+    _require_trail_reader(request.user)
+    form = TrailExportForm(request.GET)
+    if not form.is_valid():
+        context = {"form": form, "back": _trail_address(request.GET)}
+        return render(
+            request, "breakglass/trail_export_refused.html", context, status=400
+        )
+    return export.export_trail(
+        actor=request.user,
+        file_format=form.cleaned_data["format"],
+        trail_filter=form.query(),
+    )
+
+
+def _trail_address(query):
+    known = query.copy()
+    for name in list(known):
+        if name not in TrailFilterForm.base_fields:
+            del known[name]
+    return f"{reverse('trail')}?{known.urlencode()}" if known else reverse("trail")
+
+
+@login_required
+@require_GET
 def incident(request, incident):
     _require_trail_reader(request.user)
     requests = (
@@ -405,6 +435,26 @@ def incident(request, incident):
         "chain": audit.chain_state(),
     }
     return render(request, "breakglass/incident.html", context)
+
+
+# History
+
+
+@login_required
+@require_GET
+def history(request):
+    form = RequestSearchForm(request.GET or None)
+    status = 200
+    if not form.is_bound:
+        found = selectors.search_requests(request.user)
+    elif form.is_valid():
+        found = selectors.search_requests(request.user, **form.query())
+    else:
+        found = AccessRequest.objects.none()
+        status = 400
+    page = Paginator(found, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {"form": form, "page": page}
+    return render(request, "breakglass/history.html", context, status=status)
 
 
 # Operations

@@ -228,14 +228,67 @@ class AuditQuerySerializer(serializers.Serializer):
     limit = serializers.IntegerField(required=False, min_value=1, max_value=10000)
 
 
-class RequestQuerySerializer(serializers.Serializer):
+class OnlyKnownFieldsMixin:
+    """Refuse query parameters the serializer does not name: a typo is not ignored."""
+
+    # Parameters that DRF itself reads, not the view.
+    ignored_fields = ()
+
+    def to_internal_value(self, data):
+        errors = {
+            name: ["Unknown field."]
+            for name in data
+            if name not in self.fields and name not in self.ignored_fields
+        }
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            errors.update(exc.detail)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+class RequestQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
+    ignored_fields = ("format",)
+
     status = serializers.ChoiceField(
         choices=AccessRequest.Status.choices, required=False
     )
     target = serializers.CharField(required=False, max_length=100)
     incident = serializers.CharField(required=False, max_length=200)
+    requester = serializers.CharField(
+        required=False, max_length=150, help_text="The requester's username."
+    )
+    approver = serializers.CharField(
+        required=False,
+        max_length=150,
+        help_text="Username of someone who approved or denied the request.",
+    )
+    since = serializers.DateTimeField(
+        required=False, help_text="Created at or after this time."
+    )
+    until = serializers.DateTimeField(
+        required=False, help_text="Created before this time (exclusive)."
+    )
     limit = serializers.IntegerField(required=False, min_value=1, max_value=1000)
     offset = serializers.IntegerField(required=False, min_value=0, max_value=MAX_BIGINT)
+
+    def validate(self, attrs):
+        since, until = attrs.get("since"), attrs.get("until")
+        if since and until and until <= since:
+            raise serializers.ValidationError({"until": ["Must be after since."]})
+        return attrs
+
+
+class AuditExportQuerySerializer(OnlyKnownFieldsMixin, AuditQuerySerializer):
+    # An export is the whole of what the filter selects, in chain order.
+    after_seq = None
+    limit = None
+
+    format = serializers.ChoiceField(
+        choices=["csv", "json"], required=False, default="json"
+    )
 
 
 class VerifySerializer(serializers.Serializer):

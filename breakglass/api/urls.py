@@ -20,6 +20,7 @@ urlpatterns = [
     path("oncall/", views.OnCallListView.as_view(), name="api-oncall"),
     path("oncall/<int:pk>/", views.OnCallDetailView.as_view(), name="api-oncall-shift"),
     path("audit/verify/", views.AuditVerifyView.as_view(), name="api-audit-verify"),
+    path("audit/export/", views.AuditExportView.as_view(), name="api-audit-export"),
     path(
         "operations/failing-revocations/",
         views.FailingRevocationsView.as_view(),

@@ -1,17 +1,21 @@
 """REST API, version 1 (CONTRACT.md, section 4): one view per operation."""
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from approvals import services as approval_services
 
-from .. import audit, clock, oncall, report, roles, selectors, services
+from .. import audit, clock, export, oncall, report, roles, selectors, services
 from ..errors import NotAllowed, NotVisible
 from ..models import OnCallShift
 from .serializers import (
+    AuditExportQuerySerializer,
     AuditQuerySerializer,
     ComplianceReportQuerySerializer,
     ComplianceReportSerializer,
@@ -50,15 +54,10 @@ class RequestListView(APIView):
     )
     def get(self, request):
         query = _valid(RequestQuerySerializer, request.query_params)
-        found = selectors.visible_requests(request.user)
-        if "status" in query:
-            found = found.filter(status=query["status"])
-        if "target" in query:
-            found = found.filter(target__name=query["target"])
-        if "incident" in query:
-            found = found.filter(incident=query["incident"])
-        offset = query.get("offset", 0)
-        found = found[offset : offset + query.get("limit", 200)]
+        offset = query.pop("offset", 0)
+        limit = query.pop("limit", 200)
+        found = selectors.search_requests(request.user, **query)
+        found = found[offset : offset + limit]
         return Response(RequestSerializer(found, many=True).data)
 
     @extend_schema(
@@ -183,6 +182,38 @@ class AuditVerifyView(APIView):
         checked, first_bad = audit.verify_chain()
         return Response(
             {"ok": first_bad is None, "checked": checked, "first_bad": first_bad}
+        )
+
+
+class _ErrorsAsJson(DefaultContentNegotiation):
+    """Answer refusals in JSON: `format` names the export's file, not a renderer."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class AuditExportView(APIView):
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = _ErrorsAsJson
+
+    @extend_schema(
+        parameters=[AuditExportQuerySerializer],
+        responses={
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            400: ERROR,
+            403: ERROR,
+        },
+        description="The events the filter selects, in chain order, with every "
+        "field their hash covers, streamed as a file to verify offline. Recorded "
+        "in the trail as audit.exported.",
+    )
+    def get(self, request):
+        _require_trail_reader(request.user)
+        query = _valid(AuditExportQuerySerializer, request.query_params)
+        file_format = query.pop("format")
+        return export.export_trail(
+            actor=request.user, file_format=file_format, trail_filter=query
         )
 
 
