@@ -46,3 +46,10 @@ def detect_uses():
     found = detection.detect_uses()
     if found:
         logger.info("detection: %s new uses", found)
+
+
+@shared_task(name="breakglass.tasks.remind_overdue_reviews", expires=300)
+def remind_overdue_reviews():
+    reminded = services.remind_overdue_reviews()
+    if reminded:
+        logger.info("reviews: %s requesters reminded", reminded)
