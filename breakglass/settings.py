@@ -205,6 +205,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Emergency access requests, approvals, grants and the audit trail.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # A review's status is its own enum; the request's keeps its name.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "breakglass.models.AccessRequest.Status",
+        "ReviewStatusEnum": "breakglass.models.Review.Status",
+    },
 }
 
 # Celery: an embedded broker on disk unless CELERY_BROKER_URL names a real one.
