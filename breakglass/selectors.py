@@ -261,13 +261,22 @@ def visible_reviews(user, now=None):
     return queryset.order_by("-overdue", "due_at", "pk")
 
 
+def _due_from(user):
+    return Q(request__requester=user, status__in=Review.WAITING_ON_REQUESTER)
+
+
+def reviews_due_from(user, now=None):
+    """Return the user's own reviews that wait for them to write, overdue first."""
+    return visible_reviews(user, now).filter(_due_from(user))
+
+
 def reviews_waiting_for(user, now=None):
     """Return the reviews the user has to act on, overdue first.
 
     A requester writes their own reviews that are due or were sent back; a
     compliance reviewer or admin decides on the submitted reviews of others.
     """
-    waiting = Q(request__requester=user, status__in=Review.WAITING_ON_REQUESTER)
+    waiting = _due_from(user)
     if can_review_all(user):
         waiting |= Q(status=Review.Status.SUBMITTED) & ~Q(request__requester=user)
     return visible_reviews(user, now).filter(waiting)
