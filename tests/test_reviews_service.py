@@ -11,7 +11,8 @@ import pytest
 import time_machine
 from django.db import connection
 
-from breakglass import roles, selectors, services
+from breakglass import roles, selectors, services, tasks
+from breakglass.celery import app
 from breakglass.errors import InvalidInput, NotAllowed, NotVisible, WrongState
 from breakglass.models import AccessRequest, Alert, AuditEvent, Review
 
@@ -365,6 +366,17 @@ def test_no_reminder_once_submitted(submitted):
         assert services.remind_overdue_reviews() == 0
 
     assert not AuditEvent.objects.filter(action="review.reminder").exists()
+
+
+def test_the_scheduler_runs_the_reminders(expired):
+    app.finalize()
+    schedule = {e["task"]: e["schedule"] for e in app.conf.beat_schedule.values()}
+    assert schedule["breakglass.tasks.remind_overdue_reviews"] <= 300
+
+    with time_machine.travel(_review(expired).due_at + SECOND, tick=False):
+        tasks.remind_overdue_reviews()
+
+    assert _review(expired).reminders == 1
 
 
 @pytest.mark.django_db(transaction=True)
