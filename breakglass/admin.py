@@ -26,6 +26,7 @@ from .models import (
     Grant,
     OnCallShift,
     Policy,
+    Review,
     Scope,
     Target,
 )
@@ -297,6 +298,16 @@ class GrantAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("sealed_credential")
+
+
+@admin.register(Review)
+class ReviewAdmin(ReadOnlyAdmin):
+    # Reviews change through the review services only, so each change is recorded.
+    list_display = ["request", "status", "due_at", "submitted_at", "reviewer"]
+    list_filter = ["status"]
+    search_fields = ["request__incident", "request__requester__username", "summary"]
+    date_hierarchy = "due_at"
+    list_select_related = ["request", "reviewer"]
 
 
 @admin.register(AuditEvent)

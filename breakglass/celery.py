@@ -6,6 +6,9 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "breakglass.settings")
 
+# How often the scheduler looks for overdue reviews to remind.
+REVIEW_CHECK_SECONDS = 300
+
 app = Celery("breakglass")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
@@ -38,3 +41,10 @@ def _schedule_sweeps(sender, **kwargs):
             settings.BREAKGLASS_CHECKPOINT_SECONDS,
             sender.signature("breakglass.tasks.sign_checkpoint"),
         )
+    # Each review becomes overdue at its own time and keeps its own reminder
+    # interval: looking every few minutes reminds close to the due time.
+    reminder_seconds = settings.BREAKGLASS_REVIEW_REMINDER_HOURS * 3600
+    sender.add_periodic_task(
+        min(REVIEW_CHECK_SECONDS, reminder_seconds),
+        sender.signature("breakglass.tasks.remind_overdue_reviews"),
+    )

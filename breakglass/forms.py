@@ -6,7 +6,7 @@ from django import forms
 
 from . import report
 from .errors import InvalidInput
-from .models import AccessRequest
+from .models import AccessRequest, Review
 
 MAX_MINUTES = 7 * 24 * 60
 
@@ -95,6 +95,40 @@ class EndForm(forms.Form):
 
     reason = forms.CharField(
         required=False, max_length=2000, widget=forms.TextInput(), label="Reason"
+    )
+
+
+class ReviewForm(forms.Form):
+    """Record what was done with the access, after the grant ended."""
+
+    summary = forms.CharField(
+        label="What you did with the access",
+        max_length=Review.SUMMARY_MAX_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 5}),
+        help_text="Commands run, data read or changed, and whether the incident "
+        "is resolved. Compliance reads this.",
+        error_messages={"required": "Describe what you did with the access."},
+    )
+
+
+class SignOffForm(forms.Form):
+    """Accept a submitted review."""
+
+    comment = forms.CharField(
+        required=False,
+        max_length=Review.COMMENT_MAX_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
+
+
+class SendBackForm(forms.Form):
+    """Return a submitted review to its requester."""
+
+    comment = forms.CharField(
+        max_length=Review.COMMENT_MAX_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="What the requester should add or correct.",
+        error_messages={"required": "Say what is missing from the review."},
     )
 
 

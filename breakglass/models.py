@@ -252,6 +252,60 @@ class Grant(models.Model):
         return self.principal
 
 
+class Review(models.Model):
+    """The requester's account of what a grant that ended was used for.
+
+    Due when the grant ends; the requester submits it, and a compliance reviewer
+    signs it off or sends it back, which makes it due again.
+    """
+
+    class Status(models.TextChoices):
+        DUE = "due"
+        SUBMITTED = "submitted"
+        SIGNED_OFF = "signed_off", "Signed off"
+        SENT_BACK = "sent_back", "Sent back"
+
+    # The states in which the review waits for its requester.
+    WAITING_ON_REQUESTER = (Status.DUE, Status.SENT_BACK)
+    SUMMARY_MAX_LENGTH = 4000
+    COMMENT_MAX_LENGTH = 2000
+
+    request = models.OneToOneField(
+        AccessRequest, on_delete=models.PROTECT, related_name="review"
+    )
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.DUE, db_index=True
+    )
+    created_at = models.DateTimeField()
+    due_at = models.DateTimeField(db_index=True)
+    summary = models.TextField(blank=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    reviewer_comment = models.TextField(blank=True)
+    last_reminded_at = models.DateTimeField(null=True, blank=True)
+    reminders = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["due_at", "id"]
+
+    def __str__(self):
+        return f"review of request {self.request_id} ({self.status})"
+
+    @property
+    def is_waiting_on_requester(self):
+        return self.status in self.WAITING_ON_REQUESTER
+
+    def is_overdue(self, now):
+        return self.is_waiting_on_requester and self.due_at <= now
+
+
 class CredentialUse(models.Model):
     """One session or login seen on a target with a grant's credential."""
 

@@ -3,17 +3,18 @@
 import time
 from datetime import timedelta
 
-from django.db.models import Count, Min, Q
+from django.contrib.auth import get_user_model
+from django.db.models import BooleanField, Case, Count, Min, Q, Value, When
 
 from . import clock, policy, roles
 from .errors import NotVisible
-from .models import AccessRequest, Alert, AuditEvent, Grant, Target
+from .models import AccessRequest, Alert, AuditEvent, Grant, Review, Target
 from .providers import ssh
 
 
 def _with_relations(queryset):
     return queryset.select_related(
-        "requester", "target", "scope", "grant"
+        "requester", "target", "scope", "grant", "review__reviewer"
     ).prefetch_related("approvals__approver", "approver_groups")
 
 
@@ -106,6 +107,14 @@ def people_waiting_on(access_request):
     if access_request.requester.email:
         emails.add(access_request.requester.email)
     return sorted(emails)
+
+
+def compliance_emails():
+    """Return the addresses of the compliance reviewers, who decide on reviews."""
+    users = get_user_model().objects.filter(
+        is_active=True, groups__name=roles.COMPLIANCE
+    )
+    return sorted({email for email in users.values_list("email", flat=True) if email})
 
 
 def can_read_trail(user):
@@ -245,3 +254,78 @@ def wait_for_end(request_id, *, timeout):
             # Such a certificate cannot be recalled: nothing to wait for.
             return
         time.sleep(0.1)
+
+
+# Post-incident reviews
+
+
+def can_review_all(user):
+    return roles.has_role(user, roles.COMPLIANCE) or roles.has_role(user, roles.ADMIN)
+
+
+def can_list_reviews(user):
+    return can_review_all(user) or roles.has_role(user, roles.REQUESTER)
+
+
+def _overdue(now):
+    return Q(status__in=Review.WAITING_ON_REQUESTER, due_at__lte=now)
+
+
+def _reviews():
+    return Review.objects.select_related(
+        "request__requester", "request__target", "request__scope", "reviewer"
+    )
+
+
+def visible_reviews(user, now=None):
+    """Return the reviews the user may see, each marked `overdue`, most urgent first.
+
+    Compliance reviewers and admins see every review; anyone else their own.
+    Overdue reviews come first, then by due date.
+    """
+    now = now or clock.now()
+    queryset = _reviews().annotate(
+        overdue=Case(
+            When(_overdue(now), then=Value(True)),
+            default=Value(False),
+            output_field=BooleanField(),
+        )
+    )
+    if not can_review_all(user):
+        queryset = queryset.filter(request__requester=user)
+    return queryset.order_by("-overdue", "due_at", "pk")
+
+
+def _due_from(user):
+    return Q(request__requester=user, status__in=Review.WAITING_ON_REQUESTER)
+
+
+def reviews_due_from(user, now=None):
+    """Return the user's own reviews that wait for them to write, overdue first."""
+    return visible_reviews(user, now).filter(_due_from(user))
+
+
+def reviews_waiting_for(user, now=None):
+    """Return the reviews the user has to act on, overdue first.
+
+    A requester writes their own reviews that are due or were sent back; a
+    compliance reviewer or admin decides on the submitted reviews of others.
+    """
+    waiting = _due_from(user)
+    if can_review_all(user):
+        waiting |= Q(status=Review.Status.SUBMITTED) & ~Q(request__requester=user)
+    return visible_reviews(user, now).filter(waiting)
+
+
+def open_reviews(user, now=None):
+    """Return the reviews not yet signed off that the user may see, overdue first."""
+    return visible_reviews(user, now).exclude(status=Review.Status.SIGNED_OFF)
+
+
+def overdue_reviews(now=None):
+    """Return every review past its due date still waiting on its requester.
+
+    Oldest due first, with its request, requester, target and scope loaded.
+    """
+    now = now or clock.now()
+    return _reviews().filter(_overdue(now)).order_by("due_at", "pk")

@@ -10,6 +10,7 @@ import re
 import secrets
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
@@ -21,10 +22,11 @@ from .errors import (
     CredentialAlreadyRevealed,
     InvalidInput,
     NotAllowed,
+    NotVisible,
     ProviderError,
     WrongState,
 )
-from .models import AccessRequest, Grant, Scope, Target
+from .models import AccessRequest, Grant, Review, Scope, Target
 from .providers import provider_for, ssh
 
 logger = logging.getLogger(__name__)
@@ -613,6 +615,7 @@ def end_grant(grant_id):
             )
         else:
             record("grant.expired", access_request, actor=audit.SYSTEM, data=data)
+        _open_review(access_request, ended_at=now)
     logger.info("grant %s ended (%s)", grant.pk, access_request.status)
     return True
 
@@ -647,6 +650,217 @@ def _record_end_request(grant):
         grant.pk,
         grant.expires_at.isoformat(),
     )
+
+
+# Reviewing
+
+
+def _open_review(access_request, *, ended_at):
+    """Ask the requester of a grant that just ended what the access was used for.
+
+    Called inside the transaction that ends the grant, so that no ended grant
+    goes without its review.
+    """
+    due_at = ended_at + timedelta(hours=settings.BREAKGLASS_REVIEW_DUE_HOURS)
+    Review.objects.create(request=access_request, created_at=ended_at, due_at=due_at)
+    record(
+        "review.due",
+        access_request,
+        actor=audit.SYSTEM,
+        data={"due_at": due_at.isoformat(), "grant_status": access_request.status},
+        notify=_requester_email(access_request),
+    )
+
+
+def _requester_email(access_request):
+    email = access_request.requester.email
+    return [email] if email else []
+
+
+def _lock_review(request_id):
+    """Return the request and its locked review, None before the grant has ended."""
+    access_request = (
+        AccessRequest.objects.select_related("target", "scope", "requester")
+        .filter(pk=request_id)
+        .first()
+    )
+    if access_request is None:
+        raise NotVisible("No such request.")
+    review = Review.objects.select_for_update().filter(request=access_request).first()
+    return access_request, review
+
+
+def can_review(user, access_request):
+    """Return whether the user may sign off or send back the request's review."""
+    return user.pk != access_request.requester_id and (
+        roles.has_role(user, roles.COMPLIANCE) or roles.has_role(user, roles.ADMIN)
+    )
+
+
+def _check_reviewer(actor, access_request):
+    if actor.pk == access_request.requester_id:
+        raise NotAllowed(
+            "Nobody can sign off or send back the review of their own request.",
+            code="self_review",
+        )
+    if not can_review(actor, access_request):
+        raise NotAllowed(
+            "Only compliance reviewers and admins can sign off or send back a review."
+        )
+
+
+def _check_submitted(review):
+    if review is None or review.status != Review.Status.SUBMITTED:
+        state = review.get_status_display().lower() if review else "not due yet"
+        raise WrongState(
+            f"The review is {state}; only a submitted review can be decided.",
+            code="review_not_submitted",
+        )
+
+
+def _bounded_text(value, *, field, limit, required):
+    text = (value or "").strip()
+    if required and not text:
+        raise InvalidInput(f"The {field} is required.", fields={field: ["Required."]})
+    if len(text) > limit:
+        raise InvalidInput(
+            f"The {field} is too long.",
+            fields={field: [f"At most {limit} characters."]},
+        )
+    return text
+
+
+def submit_review(request_id, *, actor, summary):
+    """Record what the requester did with the access; the review goes to compliance."""
+    with transaction.atomic():
+        access_request, review = _lock_review(request_id)
+        if access_request.requester_id != actor.pk:
+            raise NotAllowed("Only the requester can submit the review of a request.")
+        if review is None or not review.is_waiting_on_requester:
+            state = review.get_status_display().lower() if review else "not due yet"
+            raise WrongState(
+                f"The review is {state}; it can be submitted only when it is due "
+                "or was sent back.",
+                code="review_not_due",
+            )
+        summary = _bounded_text(
+            summary, field="summary", limit=Review.SUMMARY_MAX_LENGTH, required=True
+        )
+
+        review.status = Review.Status.SUBMITTED
+        review.summary = summary
+        review.submitted_at = clock.now()
+        review.save(update_fields=["status", "summary", "submitted_at"])
+        record(
+            "review.submitted",
+            access_request,
+            actor=actor,
+            data={"summary": summary, "due_at": review.due_at.isoformat()},
+            notify=selectors.compliance_emails(),
+        )
+    return review
+
+
+def sign_off_review(request_id, *, actor, comment=""):
+    """Accept a submitted review; the request's review is then closed."""
+    with transaction.atomic():
+        access_request, review = _lock_review(request_id)
+        _check_reviewer(actor, access_request)
+        _check_submitted(review)
+        comment = _bounded_text(
+            comment, field="comment", limit=Review.COMMENT_MAX_LENGTH, required=False
+        )
+
+        _decide(review, Review.Status.SIGNED_OFF, actor=actor, comment=comment)
+        record(
+            "review.signed_off",
+            access_request,
+            actor=actor,
+            data={"comment": comment},
+            notify=_requester_email(access_request),
+        )
+    return review
+
+
+def send_back_review(request_id, *, actor, comment):
+    """Return a submitted review to its requester, saying what is missing."""
+    with transaction.atomic():
+        access_request, review = _lock_review(request_id)
+        _check_reviewer(actor, access_request)
+        _check_submitted(review)
+        comment = _bounded_text(
+            comment, field="comment", limit=Review.COMMENT_MAX_LENGTH, required=True
+        )
+
+        _decide(review, Review.Status.SENT_BACK, actor=actor, comment=comment)
+        record(
+            "review.sent_back",
+            access_request,
+            actor=actor,
+            data={"comment": comment},
+            notify=_requester_email(access_request),
+        )
+    return review
+
+
+def _decide(review, status, *, actor, comment):
+    review.status = status
+    review.reviewer = actor
+    review.reviewed_at = clock.now()
+    review.reviewer_comment = comment
+    review.save(update_fields=["status", "reviewer", "reviewed_at", "reviewer_comment"])
+
+
+def remind_overdue_reviews():
+    """Remind the requester of each overdue review, once per reminder interval.
+
+    Return how many were reminded. Safe under two schedulers: each reminder is
+    taken under its row's lock and the condition is read again under it.
+    """
+    now = clock.now()
+    due = Review.objects.filter(_needs_reminder(now)).order_by("due_at")
+    reminded = 0
+    for review_id in list(due.values_list("pk", flat=True)[:500]):
+        reminded += _remind(review_id)
+    return reminded
+
+
+def _needs_reminder(now):
+    interval = timedelta(hours=settings.BREAKGLASS_REVIEW_REMINDER_HOURS)
+    return Q(status__in=Review.WAITING_ON_REQUESTER, due_at__lte=now) & (
+        Q(last_reminded_at__isnull=True) | Q(last_reminded_at__lte=now - interval)
+    )
+
+
+def _remind(review_id):
+    with transaction.atomic():
+        now = clock.now()
+        # A row locked by another scheduler is being reminded right now: skip it
+        # rather than wait and remind twice.
+        review = (
+            Review.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("request__target", "request__scope", "request__requester")
+            .filter(_needs_reminder(now), pk=review_id)
+            .first()
+        )
+        if review is None:
+            return False
+        review.reminders += 1
+        review.last_reminded_at = now
+        review.save(update_fields=["reminders", "last_reminded_at"])
+        record(
+            "review.reminder",
+            review.request,
+            actor=audit.SYSTEM,
+            data={
+                "due_at": review.due_at.isoformat(),
+                "status": review.status,
+                "reminder": review.reminders,
+                "overdue_seconds": int((now - review.due_at).total_seconds()),
+            },
+            notify=_requester_email(review.request),
+        )
+    return True
 
 
 # The sweep

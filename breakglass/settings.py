@@ -44,6 +44,17 @@ def _positive(name, default):
     return value
 
 
+def _hours(name, default):
+    """Read a number of hours above 0 and at most a year."""
+    value = _setting(name, env.float, default)
+    # The upper bound also refuses "inf", which no date can be moved by.
+    if not 0 < value <= 366 * 24:
+        raise ImproperlyConfigured(
+            f"{name} must be a number of hours above 0 and at most {366 * 24}"
+        )
+    return value
+
+
 def _url_list(name):
     urls = _setting(name, env.list, [])
     for url in urls:
@@ -194,6 +205,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Emergency access requests, approvals, grants and the audit trail.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # A review's status is its own enum; the request's keeps its name.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "breakglass.models.AccessRequest.Status",
+        "ReviewStatusEnum": "breakglass.models.Review.Status",
+    },
 }
 
 # Celery: an embedded broker on disk unless CELERY_BROKER_URL names a real one.
@@ -232,6 +248,11 @@ BREAKGLASS_REVOKE_WAIT_SECONDS = _setting(
 BREAKGLASS_DETECT_SECONDS = _positive("BREAKGLASS_DETECT_SECONDS", 2.0)
 # How often every target is listed for `bg_` principals that no grant accounts for.
 BREAKGLASS_RECONCILE_SECONDS = _positive("BREAKGLASS_RECONCILE_SECONDS", 60.0)
+
+# Post-incident reviews: how long after a grant ends its review is due, and how
+# often its requester is reminded once it is overdue.
+BREAKGLASS_REVIEW_DUE_HOURS = _hours("BREAKGLASS_REVIEW_DUE_HOURS", 72.0)
+BREAKGLASS_REVIEW_REMINDER_HOURS = _hours("BREAKGLASS_REVIEW_REMINDER_HOURS", 24.0)
 
 # Alerts (CONTRACT.md, section 6).
 BREAKGLASS_ALERT_WEBHOOK_URLS = _url_list("BREAKGLASS_ALERT_WEBHOOK_URLS")

@@ -56,3 +56,10 @@ def verify_trail():
 @shared_task(name="breakglass.tasks.sign_checkpoint", expires=600)
 def sign_checkpoint():
     audit.sign_checkpoint()
+
+
+@shared_task(name="breakglass.tasks.remind_overdue_reviews", expires=300)
+def remind_overdue_reviews():
+    reminded = services.remind_overdue_reviews()
+    if reminded:
+        logger.info("reviews: %s requesters reminded", reminded)

@@ -44,17 +44,21 @@ from .forms import (
     ReportFilterForm,
     RequestForm,
     RequestSearchForm,
+    ReviewForm,
+    SendBackForm,
+    SignOffForm,
     TrailExportForm,
     TrailFilterForm,
     VoteForm,
 )
-from .models import AccessRequest, Scope, Target
+from .models import AccessRequest, Review, Scope, Target
 
 Status = AccessRequest.Status
 
 TRAIL_PAGE_SIZE = 100
 HISTORY_PAGE_SIZE = 50
 HOME_LIST_SIZE = 50
+REVIEW_LIST_SIZE = 500
 ROSTER_SIZE = 500
 ROSTER_SOURCES = {"config": "configuration file", "api": "API", "admin": "admin"}
 
@@ -67,12 +71,14 @@ def visible_request(request_id, user):
         raise Http404("No such request, or you may not see it.") from None
 
 
-def render_detail(
-    request, access_request, *, status=200, error=None, vote_form=None, end_form=None
-):
-    """Render a request's page with the actions open to the viewer."""
+def render_detail(request, access_request, *, status=200, error=None, **forms):
+    """Render a request's page with the actions open to the viewer.
+
+    `forms` replaces the page's empty forms by bound ones, to show their errors.
+    """
     user = request.user
     grant = getattr(access_request, "grant", None)
+    review = getattr(access_request, "review", None)
     approvals = list(access_request.approvals.all())
     is_requester = access_request.requester_id == user.pk
     is_pending = access_request.status == Status.PENDING
@@ -101,23 +107,34 @@ def render_detail(
         and is_requester
         and grant is not None
         and grant.revealed_at is None,
+        "review": review,
+        "review_overdue": review is not None and review.is_overdue(clock.now()),
+        "can_submit_review": review is not None
+        and is_requester
+        and review.is_waiting_on_requester,
+        "can_decide_review": review is not None
+        and review.status == Review.Status.SUBMITTED
+        and services.can_review(user, access_request),
         "events": selectors.events(request=access_request.pk) if show_trail else None,
         "error": error,
-        "vote_form": vote_form or VoteForm(),
-        "end_form": end_form or EndForm(),
+        "vote_form": VoteForm(),
+        "end_form": EndForm(),
+        "review_form": ReviewForm(),
+        "sign_off_form": SignOffForm(),
+        "send_back_form": SendBackForm(),
     }
+    context.update((name, form) for name, form in forms.items() if form is not None)
     return render(request, "breakglass/request_detail.html", context, status=status)
 
 
-def render_refusal(request, request_id, exc, *, vote_form=None, end_form=None):
+def render_refusal(request, request_id, exc, **forms):
     """Show a service's refusal on the request's page, with the refusal's status."""
     response = render_detail(
         request,
         visible_request(request_id, request.user),
         status=exc.status,
         error=exc.detail,
-        vote_form=vote_form,
-        end_form=end_form,
+        **forms,
     )
     if isinstance(exc, Throttled):
         response["Retry-After"] = str(exc.retry_after)
@@ -135,8 +152,18 @@ def home(request):
     others = []
     if roles.has_role(user, roles.APPROVER) or selectors.can_read_trail(user):
         others = visible.exclude(requester=user)[:HOME_LIST_SIZE]
+    now = clock.now()
+    reviews_to_decide = 0
+    if selectors.can_review_all(user):
+        reviews_to_decide = (
+            selectors.reviews_waiting_for(user, now)
+            .filter(status=Review.Status.SUBMITTED)
+            .count()
+        )
     context = {
         "my_requests": visible.filter(requester=user)[:HOME_LIST_SIZE],
+        "reviews_due": selectors.reviews_due_from(user, now)[:HOME_LIST_SIZE],
+        "reviews_to_decide": reviews_to_decide,
         "awaiting": selectors.awaiting_decision(user),
         "other_requests": others,
         "is_requester": roles.has_role(user, roles.REQUESTER),
@@ -344,6 +371,91 @@ def _shell_quoted(text):
     if re.fullmatch(r"[-\w.=:/ ']+", text):
         return f'"{text}"'
     return shlex.quote(text)
+
+
+# Post-incident reviews
+
+
+def _show_field_errors(form, exc):
+    # A refusal without fields is shown once, above the page, not on the form.
+    if exc.fields:
+        _show_errors(form, exc)
+
+
+@login_required
+@require_POST
+def review_submit(request, pk):
+    access_request = visible_request(pk, request.user)
+    form = ReviewForm(request.POST)
+    if not form.is_valid():
+        return render_detail(request, access_request, status=400, review_form=form)
+    try:
+        services.submit_review(
+            pk, actor=request.user, summary=form.cleaned_data["summary"]
+        )
+    except BreakglassError as exc:
+        _show_field_errors(form, exc)
+        return render_refusal(request, pk, exc, review_form=form)
+    messages.success(request, "Your review is submitted to compliance.")
+    return redirect("request-detail", pk)
+
+
+@login_required
+@require_POST
+def review_sign_off(request, pk):
+    access_request = visible_request(pk, request.user)
+    form = SignOffForm(request.POST)
+    if not form.is_valid():
+        return render_detail(request, access_request, status=400, sign_off_form=form)
+    try:
+        services.sign_off_review(
+            pk, actor=request.user, comment=form.cleaned_data["comment"]
+        )
+    except BreakglassError as exc:
+        _show_field_errors(form, exc)
+        return render_refusal(request, pk, exc, sign_off_form=form)
+    messages.success(request, "The review is signed off.")
+    return redirect("request-detail", pk)
+
+
+@login_required
+@require_POST
+def review_send_back(request, pk):
+    access_request = visible_request(pk, request.user)
+    form = SendBackForm(request.POST)
+    if not form.is_valid():
+        return render_detail(request, access_request, status=400, send_back_form=form)
+    try:
+        services.send_back_review(
+            pk, actor=request.user, comment=form.cleaned_data["comment"]
+        )
+    except BreakglassError as exc:
+        _show_field_errors(form, exc)
+        return render_refusal(request, pk, exc, send_back_form=form)
+    messages.success(request, "The review is sent back to its requester.")
+    return redirect("request-detail", pk)
+
+
+@login_required
+@require_GET
+def reviews(request):
+    user = request.user
+    if not selectors.can_list_reviews(user):
+        raise PermissionDenied(
+            "Only requesters, compliance reviewers and admins have reviews."
+        )
+    now = clock.now()
+    reviews_all = selectors.can_review_all(user)
+    if reviews_all:
+        listed = selectors.open_reviews(user, now)
+    else:
+        listed = selectors.reviews_due_from(user, now)
+    context = {
+        "reviews": listed[:REVIEW_LIST_SIZE],
+        "reviews_all": reviews_all,
+        "now": now,
+    }
+    return render(request, "breakglass/reviews.html", context)
 
 
 # The on-call roster

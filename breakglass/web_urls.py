@@ -17,6 +17,18 @@ urlpatterns = [
     path("requests/<int:pk>/cancel/", views.cancel, name="request-cancel"),
     path("requests/<int:pk>/end/", views.end, name="request-end"),
     path("requests/<int:pk>/credential/", views.reveal, name="request-reveal"),
+    path("requests/<int:pk>/review/", views.review_submit, name="review-submit"),
+    path(
+        "requests/<int:pk>/review/sign-off/",
+        views.review_sign_off,
+        name="review-sign-off",
+    ),
+    path(
+        "requests/<int:pk>/review/send-back/",
+        views.review_send_back,
+        name="review-send-back",
+    ),
+    path("reviews/", views.reviews, name="reviews"),
     path("oncall/", views.roster, name="oncall"),
     path("trail/", views.trail, name="trail"),
     path("trail/export/", views.trail_export, name="trail-export"),

@@ -75,6 +75,7 @@ def test_the_whole_flow_is_in_the_trail_without_secrets(
         "grant.issued",
         "credential.revealed",
         "grant.revoked",
+        "review.due",
     ]
     assert [e["actor"] for e in events] == [
         "alice",
@@ -84,6 +85,7 @@ def test_the_whole_flow_is_in_the_trail_without_secrets(
         "system",
         "alice",
         "alice",
+        "system",
     ]
     first = events[0]
     assert EVENT_FIELDS <= set(first)

@@ -254,7 +254,11 @@ def test_a_session_opened_just_before_the_end_is_recorded_by_the_end(
 
     access_request.refresh_from_db()
     assert access_request.status == Status.REVOKED
-    assert actions(access_request)[-2:] == ["credential.used", "grant.revoked"]
+    assert actions(access_request)[-3:] == [
+        "credential.used",
+        "grant.revoked",
+        "review.due",
+    ]
     [event] = _uses(access_request)
     assert event.data["source_address"] == source
     _assert_alerted(event)
@@ -312,7 +316,11 @@ def test_the_end_cuts_redis_connections_and_detection_stops(alice, bob, cache):
     with pytest.raises(redis.AuthenticationError):
         _redis_login(credential)
     assert detection.detect_uses() == 0
-    assert actions(access_request)[-2:] == ["credential.used", "grant.revoked"]
+    assert actions(access_request)[-3:] == [
+        "credential.used",
+        "grant.revoked",
+        "review.due",
+    ]
 
 
 # Failures and races
@@ -447,7 +455,11 @@ def test_ssh_logins_after_the_end_are_not_new_uses(alice, bob, bastion):
     access_request.refresh_from_db()
     assert access_request.status == Status.EXPIRED
     # The login before the end was recorded by the end itself.
-    assert actions(access_request)[-2:] == ["credential.used", "grant.expired"]
+    assert actions(access_request)[-3:] == [
+        "credential.used",
+        "grant.expired",
+        "review.due",
+    ]
 
     _append(bastion, _accepted(access_request, port=50023))
 

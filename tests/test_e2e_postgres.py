@@ -144,10 +144,11 @@ def test_a_grant_works_until_it_expires_then_is_gone(
         ("credential.revealed", "alice"),
         ("credential.used", "system"),
         ("grant.expired", "system"),
+        ("review.due", "system"),
     ]
     assert all(e["incident"] == "INC-4711" for e in events)
     assert events[4]["data"]["principal"] == credential["username"]
-    assert events[-1]["data"]["principal"] == credential["username"]
+    assert events[-2]["data"]["principal"] == credential["username"]
     assert_trail_intact(as_cora, events)
     deliveries = assert_one_signed_webhook_per_event(webhook_receiver, events)
     assert_no_secret(
@@ -200,8 +201,9 @@ def test_a_grant_revoked_early_is_cut_off_within_seconds(
         ("credential.revealed", "alice"),
         ("credential.used", "system"),
         ("grant.revoked", "bob"),
+        ("review.due", "system"),
     ]
-    assert events[-1]["data"]["reason"] == "incident resolved"
+    assert events[-2]["data"]["reason"] == "incident resolved"
     assert_trail_intact(as_cora, events)
     deliveries = assert_one_signed_webhook_per_event(webhook_receiver, events)
     assert_no_secret(

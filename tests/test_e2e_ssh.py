@@ -207,7 +207,8 @@ def test_a_certificate_with_a_generated_key_then_revoked(
         [key_body[:40], key_body[-40:], ca_key.read_text().splitlines()[1]],
     )
     assert [(e["action"], e["actor"]) for e in events[5:]] == [
-        ("grant.revoked", "alice")
+        ("grant.revoked", "alice"),
+        ("review.due", "system"),
     ]
     # The certificate is recalled: the target's revocation list names it.
     assert (

@@ -388,9 +388,11 @@ def test_a_revocation_that_fails_twice_then_succeeds(
     assert pg_target.role(grant.principal) is None
     assert (grant.retry_at, grant.last_error) == (None, "")
 
-    events = list(AuditEvent.objects.filter(request=access_request).order_by("seq"))[
-        -3:
-    ]
+    events = list(
+        AuditEvent.objects.filter(request=access_request)
+        .exclude(action="review.due")
+        .order_by("seq")
+    )[-3:]
     assert [e.action for e in events] == [
         "grant.revocation_failed",
         "grant.revocation_failed",

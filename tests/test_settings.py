@@ -50,6 +50,10 @@ def test_good_settings_pass(tmp_path):
         ("BREAKGLASS_SWEEP_SECONDS", "-1"),
         ("BREAKGLASS_SWEEP_SECONDS", "abc"),
         ("EMAIL_PORT", "x"),
+        ("BREAKGLASS_REVIEW_DUE_HOURS", "0"),
+        ("BREAKGLASS_REVIEW_DUE_HOURS", "inf"),
+        ("BREAKGLASS_REVIEW_REMINDER_HOURS", "nan"),
+        ("BREAKGLASS_REVIEW_REMINDER_HOURS", "100000"),
     ],
 )
 def test_a_wrong_value_stops_the_process_naming_the_variable(tmp_path, name, value):

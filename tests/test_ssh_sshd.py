@@ -287,7 +287,11 @@ def test_an_early_end_without_a_revocation_list_says_the_certificate_stays_valid
         assert services.sweep()["ended"] == 1
     access_request.refresh_from_db()
     assert access_request.status == Status.EXPIRED
-    assert actions(access_request)[-2:] == ["grant.end_requested", "grant.expired"]
+    assert actions(access_request)[-3:] == [
+        "grant.end_requested",
+        "grant.expired",
+        "review.due",
+    ]
 
 
 def test_a_target_with_a_revocation_list_says_so_before_the_end(

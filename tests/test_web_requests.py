@@ -383,7 +383,7 @@ def test_an_approver_ends_an_active_grant(active, bob, dave):
     assert services.end_grant(grant.pk)
     active.refresh_from_db()
     assert active.status == Status.REVOKED
-    assert actions(request=active)[-1] == "grant.revoked"
+    assert actions(request=active)[-2:] == ["grant.revoked", "review.due"]
     assert "End access now" not in login(bob).get(detail_url(active)).text
 
 

@@ -4,8 +4,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from .. import selectors
-from ..models import AccessRequest, AuditEvent, OnCallShift
+from .. import clock, selectors
+from ..models import AccessRequest, AuditEvent, OnCallShift, Review
 
 # Ids, sequence numbers and offsets are PostgreSQL bigints: larger values are
 # invalid input, not a database error.
@@ -95,6 +95,90 @@ class RevocationSerializer(serializers.Serializer):
     )
 
 
+class ReviewSerializer(serializers.ModelSerializer):
+    """A request's post-incident review, as its request shows it."""
+
+    status = serializers.ChoiceField(choices=Review.Status.choices)
+    overdue = serializers.SerializerMethodField(
+        help_text="Past its due time and still waiting for the requester."
+    )
+    reviewer = serializers.CharField(source="reviewer.username", allow_null=True)
+
+    class Meta:
+        model = Review
+        fields = [
+            "status",
+            "due_at",
+            "overdue",
+            "summary",
+            "submitted_at",
+            "reviewer",
+            "reviewed_at",
+            "reviewer_comment",
+        ]
+
+    def get_overdue(self, obj) -> bool:
+        annotated = getattr(obj, "overdue", None)
+        return annotated if annotated is not None else obj.is_overdue(clock.now())
+
+
+class ReviewListItemSerializer(ReviewSerializer):
+    """A review with what it is about, for lists of reviews."""
+
+    request = serializers.IntegerField(source="request_id")
+    target = serializers.CharField(source="request.target.name")
+    scope = serializers.CharField(source="request.scope.name")
+    requester = serializers.CharField(source="request.requester.username")
+    incident = serializers.CharField(source="request.incident")
+
+    class Meta(ReviewSerializer.Meta):
+        fields = [
+            "request",
+            "target",
+            "scope",
+            "requester",
+            "incident",
+            *ReviewSerializer.Meta.fields,
+            "reminders",
+            "last_reminded_at",
+        ]
+
+
+class ReviewSubmitSerializer(serializers.Serializer):
+    summary = serializers.CharField(
+        max_length=Review.SUMMARY_MAX_LENGTH,
+        help_text="What was done with the access.",
+    )
+
+
+class ReviewSignOffSerializer(serializers.Serializer):
+    comment = serializers.CharField(
+        max_length=Review.COMMENT_MAX_LENGTH,
+        required=False,
+        allow_blank=True,
+        default="",
+    )
+
+
+class ReviewSendBackSerializer(serializers.Serializer):
+    comment = serializers.CharField(
+        max_length=Review.COMMENT_MAX_LENGTH,
+        help_text="What the requester should add or correct.",
+    )
+
+
+class ReviewQuerySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Review.Status.choices, required=False)
+    overdue = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="true: only overdue reviews; false: only those not overdue.",
+    )
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=MAX_BIGINT)
+
+
 class RequestSerializer(serializers.ModelSerializer):
     target = serializers.CharField(source="target.name")
     scope = serializers.CharField(source="scope.name")
@@ -111,6 +195,7 @@ class RequestSerializer(serializers.ModelSerializer):
     end_requested_at = serializers.SerializerMethodField()
     decision = DecisionField(read_only=True)
     revocation = serializers.SerializerMethodField()
+    review = serializers.SerializerMethodField()
 
     class Meta:
         model = AccessRequest
@@ -140,6 +225,7 @@ class RequestSerializer(serializers.ModelSerializer):
             "revealed_at",
             "end_requested_at",
             "revocation",
+            "review",
         ]
 
     def _grant(self, obj):
@@ -174,6 +260,11 @@ class RequestSerializer(serializers.ModelSerializer):
     @extend_schema_field(RevocationSerializer)
     def get_revocation(self, obj):
         return selectors.revocation_of(obj)
+
+    @extend_schema_field(ReviewSerializer(allow_null=True))
+    def get_review(self, obj):
+        review = getattr(obj, "review", None)
+        return ReviewSerializer(review).data if review is not None else None
 
 
 def _iso(value):

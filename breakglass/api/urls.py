@@ -16,6 +16,22 @@ urlpatterns = [
         views.CredentialView.as_view(),
         name="api-credential",
     ),
+    path(
+        "requests/<int:pk>/review/",
+        views.ReviewSubmitView.as_view(),
+        name="api-review-submit",
+    ),
+    path(
+        "requests/<int:pk>/review/sign-off/",
+        views.ReviewSignOffView.as_view(),
+        name="api-review-sign-off",
+    ),
+    path(
+        "requests/<int:pk>/review/send-back/",
+        views.ReviewSendBackView.as_view(),
+        name="api-review-send-back",
+    ),
+    path("reviews/", views.ReviewListView.as_view(), name="api-reviews"),
     path("audit/", views.AuditListView.as_view(), name="api-audit"),
     path("oncall/", views.OnCallListView.as_view(), name="api-oncall"),
     path("oncall/<int:pk>/", views.OnCallDetailView.as_view(), name="api-oncall-shift"),

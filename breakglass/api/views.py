@@ -28,6 +28,11 @@ from .serializers import (
     RequestCreateSerializer,
     RequestQuerySerializer,
     RequestSerializer,
+    ReviewListItemSerializer,
+    ReviewQuerySerializer,
+    ReviewSendBackSerializer,
+    ReviewSignOffSerializer,
+    ReviewSubmitSerializer,
     RevokeSerializer,
     VerifySerializer,
     VoteSerializer,
@@ -153,6 +158,85 @@ class CredentialView(APIView):
         response = Response(CredentialSerializer(credential).data)
         response["Cache-Control"] = "no-store"
         return response
+
+
+class ReviewSubmitView(APIView):
+    @extend_schema(
+        request=ReviewSubmitSerializer,
+        responses={
+            200: RequestSerializer,
+            400: ERROR,
+            403: ERROR,
+            404: ERROR,
+            409: ERROR,
+        },
+        description="The requester records what was done with the access.",
+    )
+    def post(self, request, pk):
+        selectors.get_visible_request(pk, request.user)
+        data = _valid(ReviewSubmitSerializer, request.data)
+        services.submit_review(pk, actor=request.user, summary=data["summary"])
+        return _request_response(pk, request.user)
+
+
+class ReviewSignOffView(APIView):
+    @extend_schema(
+        request=ReviewSignOffSerializer,
+        responses={
+            200: RequestSerializer,
+            400: ERROR,
+            403: ERROR,
+            404: ERROR,
+            409: ERROR,
+        },
+        description="A compliance reviewer or admin accepts a submitted review.",
+    )
+    def post(self, request, pk):
+        selectors.get_visible_request(pk, request.user)
+        data = _valid(ReviewSignOffSerializer, request.data)
+        services.sign_off_review(pk, actor=request.user, comment=data["comment"])
+        return _request_response(pk, request.user)
+
+
+class ReviewSendBackView(APIView):
+    @extend_schema(
+        request=ReviewSendBackSerializer,
+        responses={
+            200: RequestSerializer,
+            400: ERROR,
+            403: ERROR,
+            404: ERROR,
+            409: ERROR,
+        },
+        description="A compliance reviewer or admin returns a submitted review to "
+        "its requester, saying why.",
+    )
+    def post(self, request, pk):
+        selectors.get_visible_request(pk, request.user)
+        data = _valid(ReviewSendBackSerializer, request.data)
+        services.send_back_review(pk, actor=request.user, comment=data["comment"])
+        return _request_response(pk, request.user)
+
+
+class ReviewListView(APIView):
+    @extend_schema(
+        parameters=[ReviewQuerySerializer],
+        responses={200: ReviewListItemSerializer(many=True), 400: ERROR, 403: ERROR},
+        description="Compliance reviewers and admins see every review, others "
+        "their own; overdue reviews first, then by due time.",
+    )
+    def get(self, request):
+        if not selectors.can_list_reviews(request.user):
+            raise NotAllowed("Only requesters, compliance and admins have reviews.")
+        query = _valid(ReviewQuerySerializer, request.query_params)
+        found = selectors.visible_reviews(request.user)
+        if "status" in query:
+            found = found.filter(status=query["status"])
+        if query["overdue"] is not None:
+            found = found.filter(overdue=query["overdue"])
+        offset = query.get("offset", 0)
+        found = found[offset : offset + query.get("limit", 200)]
+        return Response(ReviewListItemSerializer(found, many=True).data)
 
 
 class AuditListView(APIView):
