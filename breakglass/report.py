@@ -114,6 +114,7 @@ def compliance_report(since, until, now=None):
         ),
         "revoked_late": _revoked_late(ended, grants, unrevoked, now),
         "failed_revocations": _failed_revocations(starts_at, ends_at, unrevoked),
+        "reviews_overdue": _reviews_overdue(requests, now),
     }
 
 
@@ -246,6 +247,25 @@ def _failed_revocations(starts_at, ends_at, unrevoked):
     ]
 
 
+def _reviews_overdue(requests, now):
+    """Return the reviews of these requests that are past due now, oldest first."""
+    reviews = selectors.overdue_reviews(now).filter(request__in=requests.values("pk"))
+    return [
+        {
+            "request": review.request_id,
+            "target": review.request.target.name,
+            "scope": review.request.scope.name,
+            "requester": review.request.requester.get_username(),
+            "incident": review.request.incident,
+            "status": review.status,
+            "due_at": review.due_at,
+            "overdue_seconds": round((now - review.due_at).total_seconds(), 3),
+            "reminders": review.reminders,
+        }
+        for review in reviews
+    ]
+
+
 def csv_sections(report):
     """Return the report as named tables, (name, header, rows), for a CSV download.
 
@@ -294,6 +314,17 @@ def _cell(value):
 _TIMES = ("time_to_approval", "time_to_issuance", "time_to_revocation")
 _DURATION = ["count", "median_seconds", "p95_seconds", "worst_seconds", "worst_request"]
 _LIST_HEADERS = {
+    "reviews_overdue": [
+        "request",
+        "target",
+        "scope",
+        "requester",
+        "incident",
+        "status",
+        "due_at",
+        "overdue_seconds",
+        "reminders",
+    ],
     "revoked_late": [*_SUBJECT, "due_at", "ended_at", "late_seconds"],
     "failed_revocations": [
         *_SUBJECT,

@@ -6,8 +6,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from breakglass import report, roles
+from breakglass import report, roles, services
 from breakglass.errors import InvalidInput
+from breakglass.models import Review
 
 from . import report_data
 from .conftest import make_user
@@ -300,3 +301,21 @@ def test_queries_do_not_grow_with_the_number_of_grants(fast, alice, bob):
     assert len(many["failed_revocations"]) == 30
     assert many["time_to_revocation"]["worst_seconds"] == 10.0
     assert many_queries == few_queries <= 6
+
+
+def test_lists_the_reviews_still_overdue(made):
+    later = NOW + timedelta(days=10)
+    ended = list(Review.objects.order_by("due_at", "pk"))
+    assert len(ended) >= 2, "the scenario ends grants, which opens their reviews"
+    assert all(review.due_at > NOW - timedelta(days=3) for review in ended)
+
+    overdue = report.compliance_report(MARCH_1, MARCH_3, now=later)["reviews_overdue"]
+
+    assert [row["request"] for row in overdue] == [r.request_id for r in ended]
+    assert {row["status"] for row in overdue} == {"due"}
+    assert overdue[0]["overdue_seconds"] == (later - ended[0].due_at).total_seconds()
+
+    done = ended[0].request
+    services.submit_review(done.pk, actor=done.requester, summary="Restarted a job.")
+    overdue = report.compliance_report(MARCH_1, MARCH_3, now=later)["reviews_overdue"]
+    assert [row["request"] for row in overdue] == [r.request_id for r in ended[1:]]

@@ -557,6 +557,18 @@ class ReportFailedRevocationSerializer(serializers.Serializer):
     ended_at = serializers.DateTimeField(allow_null=True)
 
 
+class ReportOverdueReviewSerializer(serializers.Serializer):
+    request = serializers.IntegerField()
+    target = serializers.CharField()
+    scope = serializers.CharField()
+    requester = serializers.CharField()
+    incident = serializers.CharField()
+    status = serializers.CharField(help_text="due or sent_back")
+    due_at = serializers.DateTimeField()
+    overdue_seconds = serializers.FloatField()
+    reminders = serializers.IntegerField()
+
+
 class ComplianceReportSerializer(serializers.Serializer):
     since = serializers.DateField()
     until = serializers.DateField(help_text="Included.")
@@ -582,3 +594,8 @@ class ComplianceReportSerializer(serializers.Serializer):
     )
     revoked_late = ReportLateRevocationSerializer(many=True)
     failed_revocations = ReportFailedRevocationSerializer(many=True)
+    reviews_overdue = ReportOverdueReviewSerializer(
+        many=True,
+        help_text="Post-incident reviews of these requests still waiting on their "
+        "requester past their due time, now.",
+    )
