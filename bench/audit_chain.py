@@ -93,7 +93,6 @@ def fill(total):
                 data = {"source": "10.0.0.7:51234", "principal": f"bg_alice_{seq}"}
                 row = (
                     seq,
-                    at,
                     "system",
                     "credential.used",
                     None,
@@ -103,9 +102,12 @@ def fill(total):
                     "alice",
                     data,
                     prev,
+                    at.isoformat(timespec="microseconds"),
                 )
                 digest = hashlib.sha256(audit._canonical(*row)).hexdigest()
-                copy.write_row(row[:9] + (psycopg.types.json.Jsonb(data), prev, digest))
+                copy.write_row(
+                    (seq, at, *row[1:8], psycopg.types.json.Jsonb(data), prev, digest)
+                )
                 prev = digest
 
 
