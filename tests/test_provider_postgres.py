@@ -1,6 +1,7 @@
 """The PostgreSQL provider against a real cluster that checks passwords."""
 
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -8,7 +9,7 @@ import pytest
 from psycopg import sql
 
 from breakglass.errors import ProviderError
-from breakglass.providers import provider_for
+from breakglass.providers import postgres, provider_for
 from breakglass.providers.postgres import CONNECTION_LIMIT
 
 ENV = "BG_TEST_PG_TARGET_DSN"
@@ -273,3 +274,66 @@ def test_what_a_grant_created_cannot_run_with_the_admins_rights(target, principa
         assert conn.execute(
             "SELECT rolsuper FROM pg_roles WHERE rolname = 'orders_read'"
         ).fetchone() == (False,)
+
+
+def test_a_revocation_held_up_by_a_lock_fails_in_time_then_succeeds(
+    target, principal, monkeypatch
+):
+    monkeypatch.setattr(postgres, "LOCK_TIMEOUT", "1s")
+    credential = _issue(principal, "builder")
+    with _login(target, credential) as conn:
+        conn.execute(f"CREATE TABLE held_{principal} (id integer)")
+    # Someone on the target reads the grant's table in a transaction left open:
+    # dropping the table has to wait for it.
+    holder = target.connect()
+    holder.execute("BEGIN")
+    holder.execute(f"SELECT * FROM held_{principal}")
+
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match="lock timeout"):
+        provider.revoke(_snapshot("builder"), principal=principal)
+    assert time.monotonic() - started < 10
+    assert target.role(principal) is not None
+    with pytest.raises(psycopg.OperationalError):
+        _login(target, credential)
+
+    holder.close()
+    provider.revoke(_snapshot("builder"), principal=principal)
+    assert target.role(principal) is None
+
+
+def test_a_session_that_outlives_the_wait_fails_the_revocation(
+    target, principal, monkeypatch
+):
+    credential = _issue(principal, "orders_read")
+    session = _login(target, credential)
+    # As if the session had not gone within the wait: the revocation must not
+    # report the grant's end while it is still there.
+    terminate = postgres._terminate_sessions
+    monkeypatch.setattr(postgres, "_terminate_sessions", _count_only(terminate))
+
+    with pytest.raises(ProviderError, match="1 session"):
+        provider.revoke(_snapshot("orders_read"), principal=principal)
+    assert target.role(principal) is not None
+
+    monkeypatch.setattr(postgres, "_terminate_sessions", terminate)
+    provider.revoke(_snapshot("orders_read"), principal=principal)
+    assert target.role(principal) is None
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
+    session.close()
+
+
+def _count_only(terminate):
+    """Return a terminate step that asks nothing to exit, only counts what is left."""
+
+    def count(conn, principal):
+        class Unterminating:
+            def execute(self, query, params=()):
+                if "pg_terminate_backend" in query:
+                    return None
+                return conn.execute(query, params)
+
+        return terminate(Unterminating(), principal)
+
+    return count

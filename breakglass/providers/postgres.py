@@ -14,6 +14,12 @@ logger = logging.getLogger(__name__)
 
 CONNECTION_LIMIT = 5
 CONNECT_TIMEOUT_SECONDS = 5
+# A revocation holds its grant's row lock while it talks to the target: a lock
+# or a statement there that never ends must not hold every later try up with it.
+LOCK_TIMEOUT = "10s"
+STATEMENT_TIMEOUT = "60s"
+# How long each of the role's sessions is given to exit once told to.
+TERMINATE_WAIT_MILLISECONDS = 5000
 
 
 class PostgresProvider(Provider):
@@ -162,19 +168,45 @@ def _admin_dsn(snapshot):
 
 
 def _connect(dsn):
-    return psycopg.connect(
+    conn = psycopg.connect(
         dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
     )
+    try:
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, false), "
+            "set_config('statement_timeout', %s, false)",
+            [LOCK_TIMEOUT, STATEMENT_TIMEOUT],
+        )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _terminate_sessions(conn, principal):
+    """End every session of the role; raise if one is still there afterwards."""
+    # Each session is waited for, so the role's end is real when revocation
+    # reports it done; one that does not exit in time fails the revocation,
+    # which is then retried, instead of outliving a grant shown as ended.
     conn.execute(
-        # Wait up to 5 s for each session to be gone, so the role's end is real
-        # when revocation reports it done.
-        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+        "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity "
+        "WHERE usename = %s AND pid <> pg_backend_pid()",
+        [TERMINATE_WAIT_MILLISECONDS, principal],
+    )
+    # Counted again rather than trusting each answer: a session that exited by
+    # itself meanwhile answers false too. Inside a transaction the statistics
+    # are a snapshot taken at the first look: take a fresh one.
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    survivors = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity "
         "WHERE usename = %s AND pid <> pg_backend_pid()",
         [principal],
-    )
+    ).fetchone()[0]
+    if survivors:
+        raise ProviderError(
+            f"PostgreSQL: {survivors} session(s) of {principal} did not end "
+            f"within {TERMINATE_WAIT_MILLISECONDS // 1000} s"
+        )
 
 
 def _disown(conn, principal):
