@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
+from django.contrib.auth.models import Group
 from django.http import HttpResponseRedirect
 from django_otp.admin import OTPAdminSite
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -29,6 +31,7 @@ from .models import (
     Review,
     Scope,
     Target,
+    uses_of_groups,
 )
 
 # The admin edits targets, policies and the roster: signing in to it takes a
@@ -54,6 +57,24 @@ class TOTPDeviceAdmin(admin.ModelAdmin):
 if admin.site.is_registered(TOTPDevice):
     admin.site.unregister(TOTPDevice)
 admin.site.register(TOTPDevice, TOTPDeviceAdmin)
+
+
+class GroupAdmin(BaseGroupAdmin):
+    """Groups that policies, scopes or requests name are shown as protected."""
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(
+            objs, request
+        )
+        uses = [
+            f"{type(use)._meta.verbose_name}: {use}" for use in uses_of_groups(objs)
+        ]
+        return deleted, counts, perms_needed, [*protected, *uses]
+
+
+if admin.site.is_registered(Group):
+    admin.site.unregister(Group)
+admin.site.register(Group, GroupAdmin)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -4,6 +4,8 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.signals import pre_delete
+from django.dispatch import receiver
 
 
 class Target(models.Model):
@@ -406,3 +408,30 @@ class Alert(models.Model):
 
     def __str__(self):
         return f"{self.channel} alert {self.delivery_id}"
+
+
+def uses_of_groups(groups):
+    """Return the policies, scopes and requests that name any of the groups.
+
+    Such a group must outlive them: with it gone, a policy that named it would
+    read as "any approver" or "any requester", and a request's approvers as
+    every approver.
+    """
+    return [
+        *Policy.objects.filter(
+            models.Q(approver_groups__in=groups) | models.Q(requester_groups__in=groups)
+        ).distinct(),
+        *Scope.objects.filter(approver_groups__in=groups).distinct(),
+        *AccessRequest.objects.filter(approver_groups__in=groups).distinct(),
+    ]
+
+
+@receiver(pre_delete, sender=Group)
+def _keep_groups_in_use(sender, instance, **kwargs):
+    uses = uses_of_groups([instance])
+    if uses:
+        raise models.ProtectedError(
+            f"The group {instance.name} is named by {len(uses)} policies, scopes "
+            "or requests and cannot be deleted.",
+            set(uses),
+        )
