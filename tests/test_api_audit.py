@@ -143,6 +143,8 @@ def test_trail_filters(api, alice, bob, carol, cora, bastion):
         ({"after_seq": str(10**30)}, "after_seq"),
         ({"limit": "0"}, "limit"),
         ({"incident": "I" * 300}, "incident"),
+        # A misspelt filter would otherwise answer with the whole trail.
+        ({"incidnet": "INC-1"}, "incidnet"),
     ],
 )
 def test_trail_rejects_bad_filters(api, cora, bastion, query, field):

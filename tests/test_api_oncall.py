@@ -132,6 +132,7 @@ def test_at_says_who_is_on_call_then(api, ada, alice, bob, carol):
         {"at": "tomorrow"},
         {"limit": "0"},
         {"user": "x" * 151},
+        {"username": "alice"},
     ],
 )
 def test_bad_filters_are_400(api, alice, query):

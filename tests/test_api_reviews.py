@@ -260,7 +260,13 @@ def test_people_without_reviews_get_403(api, bob, oscar, ended):
 
 @pytest.mark.parametrize(
     "query",
-    [{"status": "late"}, {"overdue": "maybe"}, {"limit": "0"}, {"offset": "-1"}],
+    [
+        {"status": "late"},
+        {"overdue": "maybe"},
+        {"limit": "0"},
+        {"offset": "-1"},
+        {"stauts": "due"},
+    ],
 )
 def test_unknown_filter_values_are_400(api, cora, ended, query):
     body = assert_error(api(cora).get("/api/v1/reviews/", query), 400, "invalid")

@@ -167,7 +167,30 @@ class ReviewSendBackSerializer(serializers.Serializer):
     )
 
 
-class ReviewQuerySerializer(serializers.Serializer):
+class OnlyKnownFieldsMixin:
+    """Refuse query parameters the serializer does not name: a typo is not ignored."""
+
+    # Parameters that DRF itself reads, not the view.
+    ignored_fields = ()
+
+    def to_internal_value(self, data):
+        errors = {
+            name: ["Unknown field."]
+            for name in data
+            if name not in self.fields and name not in self.ignored_fields
+        }
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            errors.update(exc.detail)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+class ReviewQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
+    ignored_fields = ("format",)
+
     status = serializers.ChoiceField(choices=Review.Status.choices, required=False)
     overdue = serializers.BooleanField(
         required=False,
@@ -306,7 +329,9 @@ class EventSerializer(serializers.ModelSerializer):
         ]
 
 
-class AuditQuerySerializer(serializers.Serializer):
+class AuditQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
+    ignored_fields = ("format",)
+
     incident = serializers.CharField(required=False, max_length=200)
     request = serializers.IntegerField(
         required=False, min_value=1, max_value=MAX_BIGINT
@@ -317,27 +342,6 @@ class AuditQuerySerializer(serializers.Serializer):
         required=False, min_value=0, max_value=MAX_BIGINT
     )
     limit = serializers.IntegerField(required=False, min_value=1, max_value=10000)
-
-
-class OnlyKnownFieldsMixin:
-    """Refuse query parameters the serializer does not name: a typo is not ignored."""
-
-    # Parameters that DRF itself reads, not the view.
-    ignored_fields = ()
-
-    def to_internal_value(self, data):
-        errors = {
-            name: ["Unknown field."]
-            for name in data
-            if name not in self.fields and name not in self.ignored_fields
-        }
-        try:
-            value = super().to_internal_value(data)
-        except serializers.ValidationError as exc:
-            errors.update(exc.detail)
-        if errors:
-            raise serializers.ValidationError(errors)
-        return value
 
 
 class RequestQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
@@ -372,7 +376,7 @@ class RequestQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
         return attrs
 
 
-class AuditExportQuerySerializer(OnlyKnownFieldsMixin, AuditQuerySerializer):
+class AuditExportQuerySerializer(AuditQuerySerializer):
     # An export is the whole of what the filter selects, in chain order.
     after_seq = None
     limit = None
@@ -437,7 +441,9 @@ class OnCallShiftCreateSerializer(serializers.Serializer):
         return user
 
 
-class OnCallQuerySerializer(serializers.Serializer):
+class OnCallQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
+    ignored_fields = ("format",)
+
     user = serializers.CharField(required=False, max_length=150)
     at = AwareDateTimeField(
         required=False, help_text="Who is on call at this moment (with its offset)."
@@ -472,28 +478,15 @@ class FailingRevocationsSerializer(serializers.Serializer):
     oldest_undelivered_alert_at = serializers.DateTimeField(allow_null=True)
 
 
-class ComplianceReportQuerySerializer(serializers.Serializer):
+class ComplianceReportQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
+    ignored_fields = (api_settings.URL_FORMAT_OVERRIDE,)
+
     since = serializers.DateField(
         required=False, help_text="First day (UTC), YYYY-MM-DD; 29 days before until."
     )
     until = serializers.DateField(
         required=False, help_text="Last day (UTC), included, YYYY-MM-DD; today."
     )
-
-    def to_internal_value(self, data):
-        # A misspelt filter would otherwise be ignored and the report read as
-        # if it applied.
-        known = {*self.fields, api_settings.URL_FORMAT_OVERRIDE}
-        unknown = sorted(set(data) - known)
-        errors = {}
-        try:
-            value = super().to_internal_value(data)
-        except serializers.ValidationError as exc:
-            errors = dict(exc.detail)
-        errors.update({name: ["Unknown field."] for name in unknown})
-        if errors:
-            raise serializers.ValidationError(errors)
-        return value
 
 
 class ReportStatusCountSerializer(serializers.Serializer):
