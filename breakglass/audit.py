@@ -124,9 +124,14 @@ def verify_chain(after=None):
     checked. Rows are read as tuples, not model instances, so that a million
     events verify in seconds.
     """
-    expected_seq, expected_prev = (1, GENESIS_HASH) if after is None else after
-    if after is not None:
-        expected_seq += 1
+    checked, first_bad, _ = _verify(after)
+    return checked, first_bad
+
+
+def _verify(after):
+    """Return (checked, first bad seq or None, (seq, hash) of the last good event)."""
+    expected_seq, expected_prev = (0, GENESIS_HASH) if after is None else after
+    expected_seq += 1
     checked = 0
     sha256 = hashlib.sha256
     for row in _hashed_rows(expected_seq - 1):
@@ -137,10 +142,25 @@ def verify_chain(after=None):
             or prev != expected_prev
             or sha256(_canonical(*row[:11])).hexdigest() != stored
         ):
-            return checked, seq
+            return checked, seq, (expected_seq - 1, expected_prev)
         expected_prev = stored
         expected_seq += 1
-    return checked, None
+    return checked, None, (expected_seq - 1, expected_prev)
+
+
+def _missing_since(verification):
+    """Return the head seq a recorded verification saw if it is gone, or None.
+
+    A chain that is whole from seq 1 can still have lost its end, or have been
+    rewritten: the event at the head that verification saw must still be there,
+    with its hash. The answer stays the same however many events follow.
+    """
+    if verification is None or verification.head_seq == 0:
+        return None
+    kept = AuditEvent.objects.filter(
+        seq=verification.head_seq, hash=verification.head_hash
+    ).exists()
+    return None if kept else verification.head_seq
 
 
 # Ask PostgreSQL for `at` already in the canonical form: isoformat in UTC.
@@ -177,15 +197,17 @@ def verify_and_record():
     Runs periodically and from `verify_audit`; pages show its latest result.
     """
     started = time.monotonic()
-    checked, first_bad = verify_chain()
-    head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
-    head_seq, head_hash = head or (0, "")
+    checked, first_bad, (head_seq, head_hash) = _verify(None)
+    if first_bad is None:
+        first_bad = _missing_since(_last_intact())
     with transaction.atomic():
         previous = ChainVerification.objects.order_by("-checked_at", "-id").first()
         verification = ChainVerification.objects.create(
             checked_at=clock.now(),
             checked=checked,
             first_bad=first_bad,
+            # Exactly what was checked: events appended meanwhile are left to
+            # the next look.
             head_seq=head_seq if first_bad is None else 0,
             head_hash=head_hash if first_bad is None else "",
             seconds=round(time.monotonic() - started, 3),
@@ -200,6 +222,14 @@ def verify_and_record():
                 data={"first_bad": first_bad, "checked": checked},
             )
     return verification
+
+
+def _last_intact():
+    return (
+        ChainVerification.objects.filter(first_bad__isnull=True, head_seq__gt=0)
+        .order_by("-checked_at", "-id")
+        .first()
+    )
 
 
 def chain_state():
@@ -218,7 +248,13 @@ def chain_state():
         "full_check_at": latest.checked_at,
     }
     if latest.first_bad is None:
-        newer, first_bad = verify_chain(after=(latest.head_seq, latest.head_hash))
+        first_bad = _missing_since(latest)
+        newer = 0
+        if first_bad is None:
+            # An empty trail's head has no hash of its own: the chain starts at
+            # the genesis hash.
+            after = (latest.head_seq, latest.head_hash or GENESIS_HASH)
+            newer, first_bad = verify_chain(after=after)
         state.update(checked=latest.checked + newer, first_bad=first_bad)
     return state
 

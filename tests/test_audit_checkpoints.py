@@ -274,3 +274,52 @@ def test_the_canonical_content_is_compact_sorted_ascii_json(db):
     stored = AuditEvent.objects.get(pk=event.pk)
     assert audit.canonical_content(stored) == expected
     assert audit.verify_chain() == (1, None)
+
+
+@pytest.mark.parametrize("kept", [0, 3])
+def test_a_trail_cut_after_a_recorded_verification_is_found(trail, kept):
+    assert audit.verify_and_record().head_seq == 5
+    tamper("DELETE FROM breakglass_alert")
+    tamper("DELETE FROM breakglass_auditevent WHERE seq > %s", [kept])
+
+    assert audit.chain_state()["first_bad"] == 5
+    code, _, err = _verify_audit()
+    # Found again, and alerted once, however many events follow.
+    audit.record_event("config.applied", actor="ada", data={})
+    again = audit.verify_and_record()
+
+    assert code == 1
+    assert "seq 5" in err and "an earlier verification saw" in err
+    assert again.first_bad == 5
+    broken = AuditEvent.objects.get(action="audit.chain_broken")
+    assert broken.data["first_bad"] == 5
+
+
+def test_a_trail_rewritten_after_a_recorded_verification_is_found(trail):
+    audit.verify_and_record()
+
+    _rewrite_trail(8)
+
+    assert audit.chain_state()["first_bad"] == 5
+    code, _, err = _verify_audit()
+    assert code == 1
+    assert "seq 5 (config.applied" in err
+    assert "not the event an earlier verification saw" in err
+
+
+def test_a_verification_records_the_head_it_checked(trail):
+    verified = audit.verify_and_record()
+
+    head = AuditEvent.objects.get(seq=5)
+    assert (verified.head_seq, verified.head_hash) == (5, head.hash)
+
+
+def test_a_verification_of_an_empty_trail_lets_the_trail_grow(db):
+    assert audit.verify_and_record().head_seq == 0
+    audit.record_event("config.applied", actor="ada", data={})
+
+    assert audit.chain_state() == {
+        "checked": 1,
+        "first_bad": None,
+        "full_check_at": ChainVerification.objects.get().checked_at,
+    }

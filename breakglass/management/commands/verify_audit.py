@@ -52,10 +52,18 @@ class Command(BaseCommand):
         checked, first_bad = verification.checked, verification.first_bad
         if first_bad is not None:
             event = AuditEvent.objects.filter(seq=first_bad).first()
-            what = f" ({event.action} at {event.at.isoformat()})" if event else ""
+            if event is None:
+                what = ""
+                why = "it is missing, though an earlier verification saw it"
+            else:
+                what = f" ({event.action} at {event.at.isoformat()})"
+                why = (
+                    "its hash or its link to the previous event does not match, "
+                    "or it is not the event an earlier verification saw there"
+                )
             self.stderr.write(
-                f"audit trail broken at event seq {first_bad}{what}: its hash or its "
-                f"link to the previous event does not match ({checked} events checked)"
+                f"audit trail broken at event seq {first_bad}{what}: {why} "
+                f"({checked} events checked)"
             )
             sys.exit(1)
         if signed is not None:
