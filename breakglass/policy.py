@@ -301,4 +301,14 @@ def recheck(access_request):
             f"the policy now allows at most {decision.max_duration_minutes} minutes, "
             f"not {access_request.duration_minutes}"
         )
+    try:
+        check_request(
+            access_request.target,
+            decision,
+            duration_minutes=access_request.duration_minutes,
+            incident=access_request.incident,
+        )
+    except InvalidInput as exc:
+        problems = " ".join(m for messages in exc.fields.values() for m in messages)
+        return f"the request no longer meets the policy: {problems}"
     return None

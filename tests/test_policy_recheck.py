@@ -152,6 +152,11 @@ def _scope_names_other_approvers(approved, **people):
     )
 
 
+def _incident_pattern_tightened(approved, **people):
+    approved.target.policy.incident_pattern = r"^SEV1-[0-9]+$"
+    approved.target.policy.save()
+
+
 def _scope_was_withdrawn(approved, **people):
     approved.scope.is_active = False
     approved.scope.save()
@@ -166,6 +171,11 @@ def _scope_grants_more(approved, **people):
     "change, why",
     [
         (_scope_was_withdrawn, "bastion/read is no longer offered"),
+        (
+            _incident_pattern_tightened,
+            "the request no longer meets the policy: Must match the pattern "
+            "^SEV1-[0-9]+$ for bastion.",
+        ),
         (
             _scope_grants_more,
             "the policy now needs 2 approvals (2 approvals: production) and 0 still "
