@@ -57,8 +57,13 @@ def test_a_sealed_target_keeps_its_rotator(db, tmp_path):
     "replace, key_path",
     [
         (
-            ("    rotator:\n      kind: postgres\n", "    other:\n      kind: x\n"),
-            "targets[0].other",
+            (
+                "    rotator:\n      kind: postgres\n"
+                "      connection_env: LEGACY_DB_ADMIN_DSN\n"
+                "      username: emergency_admin\n",
+                "",
+            ),
+            "targets[0].rotator",
         ),
         (("kind: postgres", "kind: mysql"), "targets[0].rotator.kind"),
         (("      username: emergency_admin\n", ""), "targets[0].rotator.username"),
