@@ -8,7 +8,6 @@ fails leaves the old secret sealed and working, and the credential compromised.
 
 import io
 import secrets
-import sys
 import threading
 from datetime import timedelta
 
@@ -25,39 +24,25 @@ from breakglass import alerts, roles, rotation, services, vault
 from breakglass.errors import WrongState
 from breakglass.models import AccessRequest, Alert, AuditEvent, SealedCredential
 
-from .conftest import make_target, make_user
+from .conftest import make_user
 from .flows import actions, approve, last_event, open_request
+from .sealed_helpers import (
+    COMMAND_ENV,
+    current_secret,
+    make_appliance,
+    make_sealed_target,
+    seal,
+)
 
 Status = AccessRequest.Status
 DSN_ENV = "BG_TEST_SEALED_DSN"
 REDIS_ENV = "BG_TEST_SEALED_REDIS"
-COMMAND_ENV = "BG_TEST_SEALED_COMMAND"
 
 
 @pytest.fixture
 def erin(db):
     """A second engineer on call, who wants the same account as Alice."""
     return make_user("erin", roles.REQUESTER, groups=["oncall"])
-
-
-def make_sealed_target(name, rotator, **options):
-    target = make_target(name, "sealed", grants=[], **options)
-    target.rotator = rotator
-    target.save(update_fields=["rotator"])
-    return target
-
-
-def seal(target_name, secret):
-    """Seal a secret the way an operator does: typed into the command."""
-    stdin, sys.stdin = sys.stdin, io.StringIO(secret + "\n")
-    try:
-        call_command("seal_credential", target_name, stdout=io.StringIO())
-    finally:
-        sys.stdin = stdin
-
-
-def current_secret(target):
-    return vault.unseal(SealedCredential.objects.get(target=target).secret)
 
 
 def checked_out(requester, *approvers, target, minutes=30):
@@ -325,18 +310,7 @@ def test_redis_early_end_rotates_and_cuts_the_connection(
 
 @pytest.fixture
 def appliance(db, tmp_path, monkeypatch):
-    """A sealed target whose command stores the secret it is given in a file."""
-    stored = tmp_path / "secret"
-    script = tmp_path / "set-secret"
-    script.write_text(f'#!/bin/sh\nread -r secret\nprintf %s "$secret" > {stored}\n')
-    script.chmod(0o700)
-    monkeypatch.setenv(COMMAND_ENV, str(script))
-    target = make_sealed_target(
-        "appliance",
-        {"kind": "command", "command_env": COMMAND_ENV, "username": "admin"},
-        approvals=1,
-    )
-    return target, stored
+    return make_appliance(tmp_path, monkeypatch, approvals=1)
 
 
 def test_a_command_rotator_gets_the_new_secret_on_its_input(appliance):
@@ -404,6 +378,29 @@ def test_a_failed_rotation_is_not_tried_again_before_its_backoff(
     assert AuditEvent.objects.filter(action="credential.rotation_failed").count() == 1
     pending = SealedCredential.objects.get(target=target).pending_secret
     assert pending is not None
+
+
+def test_a_crash_after_the_system_took_the_secret_loses_nothing(appliance, monkeypatch):
+    target, stored = appliance
+    seal("appliance", secrets.token_urlsafe(16))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(rotation, "_promote", crash)
+    with pytest.raises(RuntimeError):
+        rotation.rotate_due()
+    monkeypatch.undo()
+
+    # The system holds the new secret, which was sealed before it was sent.
+    pending = SealedCredential.objects.get(target=target).pending_secret
+    assert stored.read_text() == vault.unseal(pending)
+    monkeypatch.setenv(COMMAND_ENV, "false")
+    rotation.rotate_due()
+    assert (
+        vault.unseal(SealedCredential.objects.get(target=target).pending_secret)
+        == stored.read_text()
+    )
 
 
 # Keys
