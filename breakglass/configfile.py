@@ -295,7 +295,7 @@ def _target(target, path):
             raise ConfigError(f"{path}.{key}", "is only for an ssh target")
         if item[key] and not item[key].startswith("/"):
             raise ConfigError(f"{path}.{key}", "must be an absolute path")
-    item["rotator"] = _rotator(target, item["kind"], path)
+    item["rotator"] = clean_rotator(target, item["kind"], path)
     if item["kind"] == "sealed" and item["connection_env"]:
         raise ConfigError(
             f"{path}.connection_env", "is not for a sealed target; see rotator"
@@ -333,7 +333,7 @@ def _target(target, path):
     return item
 
 
-def _rotator(target, kind, path):
+def clean_rotator(target, kind, path):
     """Validate how a sealed target's secret is replaced; {} for other kinds."""
     rotator = target.get("rotator")
     path = f"{path}.rotator"
