@@ -103,7 +103,7 @@ def check_out(target):
     if credential.rotation_due_at is not None:
         state = (
             "compromised: its rotation is failing"
-            if (credential.is_compromised)
+            if credential.is_compromised
             else "being replaced after its last checkout"
         )
         raise WrongState(
