@@ -19,7 +19,7 @@ from django_otp.admin import OTPAdminSite
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from . import audit, oncall, roles, services
-from .configfile import ENV_NAME, WEEKDAYS, ConfigError, clean_rules
+from .configfile import ENV_NAME, WEEKDAYS, ConfigError, clean_rotator, clean_rules
 from .errors import BreakglassError
 from .models import (
     AccessRequest,
@@ -215,6 +215,7 @@ class TargetForm(forms.ModelForm):
             "environment",
             "connection_env",
             "ca_key_env",
+            "rotator",
             "is_active",
         ]
 
@@ -227,8 +228,16 @@ class TargetForm(forms.ModelForm):
                 self.add_error(field, "Must be the name of an environment variable.")
         if kind == Target.Kind.SSH and not cleaned.get("ca_key_env"):
             self.add_error("ca_key_env", "Required for an SSH target.")
-        if kind and kind != Target.Kind.SSH and not cleaned.get("connection_env"):
+        needs_connection = kind not in ("", None, Target.Kind.SSH, Target.Kind.SEALED)
+        if needs_connection and not cleaned.get("connection_env"):
             self.add_error("connection_env", f"Required for a {kind} target.")
+        if kind:
+            # The same rules as the targets-and-policies file.
+            rotator = cleaned.get("rotator") or None
+            try:
+                cleaned["rotator"] = clean_rotator({"rotator": rotator}, kind, "target")
+            except ConfigError as exc:
+                self.add_error("rotator", exc.problem)
         return cleaned
 
 

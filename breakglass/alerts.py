@@ -28,6 +28,7 @@ CRITICAL_ACTIONS = {
     "grant.issue_failed",
     "credential.orphan_removal_failed",
     "audit.chain_broken",
+    "credential.rotation_failed",
 }
 MAX_BACKOFF_SECONDS = 600
 

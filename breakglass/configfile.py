@@ -27,9 +27,12 @@ TARGET_KEYS = {
     "ca_key_env",
     "revocation_list_path",
     "auth_log_path",
+    "rotator",
     "scopes",
     "policy",
 }
+ROTATOR_KEYS = {"kind", "username", "connection_env", "command_env"}
+ROTATOR_KINDS = ("postgres", "redis", "command")
 SCOPE_KEYS = {"name", "grants", "approver_groups"}
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 RULE_KEYS = {"name", "when", "add_approvals", "max_duration_minutes"}
@@ -292,7 +295,12 @@ def _target(target, path):
             raise ConfigError(f"{path}.{key}", "is only for an ssh target")
         if item[key] and not item[key].startswith("/"):
             raise ConfigError(f"{path}.{key}", "must be an absolute path")
-    if item["kind"] != "ssh" and not item["connection_env"]:
+    item["rotator"] = clean_rotator(target, item["kind"], path)
+    if item["kind"] == "sealed" and item["connection_env"]:
+        raise ConfigError(
+            f"{path}.connection_env", "is not for a sealed target; see rotator"
+        )
+    if item["kind"] not in ("ssh", "sealed") and not item["connection_env"]:
         raise ConfigError(
             f"{path}.connection_env", f"is required for a {item['kind']} target"
         )
@@ -311,7 +319,11 @@ def _target(target, path):
         if name in names:
             raise ConfigError(f"{scope_path}.name", f"duplicate scope name {name!r}")
         names.add(name)
-        grants = _string_list(scope, "grants", scope_path, required=True)
+        # A sealed target's scopes only name levels of approval: the shared
+        # account has whatever rights it has.
+        grants = _string_list(
+            scope, "grants", scope_path, required=item["kind"] != "sealed"
+        )
         approver_groups = _string_list(scope, "approver_groups", scope_path)
         item["scopes"].append(
             {"name": name, "grants": grants, "approver_groups": approver_groups}
@@ -319,6 +331,42 @@ def _target(target, path):
 
     item["policy"] = _policy(target.get("policy", {}), f"{path}.policy")
     return item
+
+
+def clean_rotator(target, kind, path):
+    """Validate how a sealed target's secret is replaced; {} for other kinds."""
+    rotator = target.get("rotator")
+    path = f"{path}.rotator"
+    if kind != "sealed":
+        if rotator is not None:
+            raise ConfigError(path, "is only for a sealed target")
+        return {}
+    if not isinstance(rotator, dict):
+        raise ConfigError(path, "is required for a sealed target, as a mapping")
+    _no_unknown_keys(rotator, ROTATOR_KEYS, path)
+    rotator_kind = _string(rotator, "kind", path, required=True)
+    if rotator_kind not in ROTATOR_KINDS:
+        raise ConfigError(f"{path}.kind", f"must be one of {', '.join(ROTATOR_KINDS)}")
+    cleaned = {
+        "kind": rotator_kind,
+        "username": _string(rotator, "username", path),
+        "connection_env": _string(rotator, "connection_env", path, pattern=ENV_NAME),
+        "command_env": _string(rotator, "command_env", path, pattern=ENV_NAME),
+    }
+    if len(cleaned["username"]) > 63:
+        raise ConfigError(f"{path}.username", "must be at most 63 characters long")
+    needed = ("command_env",) if rotator_kind == "command" else ("connection_env",)
+    if rotator_kind != "command":
+        needed += ("username",)
+    for key in needed:
+        if not cleaned[key]:
+            raise ConfigError(
+                f"{path}.{key}", f"is required for a {rotator_kind} rotator"
+            )
+    unused = "connection_env" if rotator_kind == "command" else "command_env"
+    if cleaned[unused]:
+        raise ConfigError(f"{path}.{unused}", f"is not for a {rotator_kind} rotator")
+    return cleaned
 
 
 def _policy(policy, path):
@@ -478,6 +526,7 @@ def apply(config, *, source, actor=audit.SYSTEM):
                     "ca_key_env": item["ca_key_env"],
                     "revocation_list_path": item["revocation_list_path"],
                     "auth_log_path": item["auth_log_path"],
+                    "rotator": item["rotator"],
                     "is_active": True,
                 },
             )

@@ -179,6 +179,18 @@ def describe_event(event):
         "grant.revocation_failed": lambda: (
             f"Revocation failed (attempt {data.get('attempt', '?')}); it is retried"
         ),
+        "credential.sealed": lambda: f"{actor} sealed a new shared secret",
+        "credential.rotated": lambda: (
+            f"Shared secret of {data.get('username')} replaced on {event.target}"
+        ),
+        "credential.rotation_failed": lambda: (
+            f"The shared secret could not be replaced (attempt "
+            f"{data.get('attempt', '?')}); it is retried"
+        ),
+        "credential.resealed": lambda: (
+            f"{plural(data.get('credentials', 0), 'sealed secret')} encrypted "
+            "with the newest key"
+        ),
         "otp.failed": lambda: f"A wrong one-time code from {actor}",
         "audit.checkpoint": lambda: f"Trail head at seq {data.get('seq')} signed",
         "audit.chain_broken": lambda: (

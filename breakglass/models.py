@@ -15,6 +15,7 @@ class Target(models.Model):
         POSTGRES = "postgres", "PostgreSQL"
         REDIS = "redis", "Redis"
         SSH = "ssh", "SSH certificate authority"
+        SEALED = "sealed", "Sealed shared credential"
 
     name = models.SlugField(max_length=100, unique=True)
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -39,6 +40,12 @@ class Target(models.Model):
         max_length=500,
         blank=True,
         help_text="SSH: the sshd log where accepted logins are detected.",
+    )
+    rotator = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Sealed: how the shared secret is replaced on the system "
+        "(kind, username, connection_env or command_env).",
     )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -252,6 +259,47 @@ class Grant(models.Model):
 
     def __str__(self):
         return self.principal
+
+
+class SealedCredential(models.Model):
+    """The one shared secret of a sealed target, encrypted, and its rotation.
+
+    Checked out by one grant at a time; replaced on the system after every
+    grant. A new secret is kept as pending before the system is changed, so
+    that whichever of the two the system holds after a crash is still known.
+    """
+
+    target = models.OneToOneField(
+        Target, on_delete=models.PROTECT, related_name="sealed_credential"
+    )
+    secret = models.BinaryField(null=True, blank=True, editable=False)
+    pending_secret = models.BinaryField(null=True, blank=True, editable=False)
+    sealed_at = models.DateTimeField(null=True, blank=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    # Someone may know the current secret: it was revealed or typed in.
+    exposed = models.BooleanField(default=False)
+    # Exposed, and the rotation that should have replaced it failed.
+    compromised_since = models.DateTimeField(null=True, blank=True)
+    rotation_due_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    rotation_attempts = models.PositiveIntegerField(default=0)
+    # When the sweep may try a failed rotation again (backoff).
+    retry_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    # The request whose end made the rotation due, for the trail.
+    last_request = models.ForeignKey(
+        "AccessRequest",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+
+    def __str__(self):
+        return f"sealed credential of {self.target.name}"
+
+    @property
+    def is_compromised(self):
+        return self.compromised_since is not None
 
 
 class Review(models.Model):

@@ -329,3 +329,26 @@ def overdue_reviews(now=None):
     """
     now = now or clock.now()
     return _reviews().filter(_overdue(now)).order_by("due_at", "pk")
+
+
+def target_page(name):
+    """Return an active target with its scopes and, if sealed, its secret's state."""
+    target = (
+        Target.objects.filter(name=name, is_active=True)
+        .select_related("sealed_credential__last_request")
+        .first()
+    )
+    if target is None:
+        raise NotVisible("No such target.")
+    target.active_scopes = list(target.scopes.filter(is_active=True))
+    target.sealed = getattr(target, "sealed_credential", None)
+    target.holder = None
+    if target.kind == Target.Kind.SEALED:
+        target.holder = (
+            AccessRequest.objects.filter(
+                target=target, status__in=("pending", "approved", "active")
+            )
+            .select_related("requester")
+            .first()
+        )
+    return target

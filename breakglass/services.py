@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.views.decorators.debug import sensitive_variables
 
-from . import audit, clock, policy, roles, sealing, selectors
+from . import audit, clock, policy, roles, rotation, sealing, selectors
 from .errors import (
     CredentialAlreadyRevealed,
     InvalidInput,
@@ -134,6 +134,8 @@ def create_request(
         # One request at a time per requester: the count of their open requests
         # that the policy may limit must not change under the decision.
         get_user_model().objects.select_for_update().filter(pk=requester.pk).first()
+        if target_obj.kind == Target.Kind.SEALED:
+            rotation.check_out(target_obj)
         decision = policy.decide(target_obj, scope_obj, requester)
         policy.check_request(
             target_obj, decision, duration_minutes=duration_minutes, incident=incident
@@ -270,6 +272,7 @@ def _snapshot(target, scope):
         "auth_log_path": target.auth_log_path,
         "scope": scope.name if scope else "",
         "grants": list(scope.grants) if scope else [],
+        "rotator": dict(target.rotator or {}),
     }
 
 
@@ -475,6 +478,8 @@ def reveal_credential(request_id, *, actor):
                 code="not_active",
             )
         credential = sealing.unseal(grant.sealed_credential)
+        if credential.get("kind") == Target.Kind.SEALED:
+            credential["password"] = rotation.reveal_secret(access_request.target_id)
         grant.revealed_at = clock.now()
         grant.sealed_credential = None
         grant.save(update_fields=["revealed_at", "sealed_credential"])
@@ -616,6 +621,8 @@ def end_grant(grant_id):
         else:
             record("grant.expired", access_request, actor=audit.SYSTEM, data=data)
         _open_review(access_request, ended_at=now)
+        if grant.target_snapshot["kind"] == Target.Kind.SEALED:
+            rotation.rotation_after_grant(access_request)
     logger.info("grant %s ended (%s)", grant.pk, access_request.status)
     return True
 
@@ -875,7 +882,7 @@ def sweep():
     from . import alerts
 
     now = clock.now()
-    counts = {"timed_out": 0, "issued": 0, "ended": 0, "alerts": 0}
+    counts = {"timed_out": 0, "issued": 0, "ended": 0, "rotated": 0, "alerts": 0}
 
     overdue = AccessRequest.objects.filter(
         status=Status.PENDING, approval_deadline__lte=now
@@ -898,6 +905,8 @@ def sweep():
     )
     for grant_id in list(ending.values_list("pk", flat=True)[:500]):
         counts["ended"] += end_grant(grant_id)
+
+    counts["rotated"] = rotation.rotate_due()
 
     for alert_id in alerts.due_alert_ids():
         counts["alerts"] += alerts.deliver(alert_id)

@@ -293,6 +293,32 @@ if not 0 <= BREAKGLASS_SSH_BACKDATE_SECONDS <= 86400:
         "BREAKGLASS_SSH_BACKDATE_SECONDS must be between 0 and 86400"
     )
 
+
+def _sealing_keys():
+    """Read the Fernet keys that seal shared credentials, newest first."""
+    keys = _setting("BREAKGLASS_SEALING_KEYS", env.list, [])
+    from cryptography.fernet import Fernet
+
+    for index, key in enumerate(keys):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            # The keys are secrets: say which one is wrong, never what it holds.
+            raise ImproperlyConfigured(
+                f"BREAKGLASS_SEALING_KEYS: key {index + 1} is not a Fernet key "
+                "(32 url-safe base64-encoded bytes)"
+            ) from None
+    return keys
+
+
+# Sealed shared credentials: the keys they are encrypted with (comma-separated,
+# newest first; older ones still open what they sealed until `manage.py reseal`),
+# and how long a rotator may take before it counts as failed.
+BREAKGLASS_SEALING_KEYS = _sealing_keys()
+BREAKGLASS_ROTATOR_TIMEOUT_SECONDS = _positive(
+    "BREAKGLASS_ROTATOR_TIMEOUT_SECONDS", 30.0
+)
+
 EMAIL_BACKEND = _setting(
     "EMAIL_BACKEND",
     env.str,

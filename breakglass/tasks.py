@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from . import alerts, audit, detection, services
+from . import alerts, audit, detection, rotation, services
 from . import reconcile as reconcile_module
 
 logger = logging.getLogger(__name__)
@@ -18,6 +18,13 @@ def issue_grant(grant_id):
 @shared_task(name="breakglass.tasks.end_grant")
 def end_grant(grant_id):
     services.end_grant(grant_id)
+
+
+@shared_task(name="breakglass.tasks.rotate_credential")
+def rotate_credential(target_id):
+    # A failed rotation keeps its due time and its next attempt time; the sweep
+    # tries it again then.
+    rotation.rotate_credential(target_id)
 
 
 @shared_task(name="breakglass.tasks.deliver_alert")

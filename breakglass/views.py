@@ -263,6 +263,19 @@ def new_request(request):
     return render(request, "breakglass/request_new.html", context, status=status)
 
 
+# Targets
+
+
+@login_required
+@require_GET
+def target_detail(request, name):
+    try:
+        target = selectors.target_page(name)
+    except NotVisible:
+        raise Http404 from None
+    return render(request, "breakglass/target.html", {"target": target})
+
+
 # One request
 
 

@@ -28,6 +28,7 @@ urlpatterns = [
         views.review_send_back,
         name="review-send-back",
     ),
+    path("targets/<slug:name>/", views.target_detail, name="target-detail"),
     path("reviews/", views.reviews, name="reviews"),
     path("oncall/", views.roster, name="oncall"),
     path("trail/", views.trail, name="trail"),

@@ -11,8 +11,8 @@ import json
 
 from django.core import mail
 
-from breakglass import sealing
-from breakglass.models import Alert, AuditEvent, Grant
+from breakglass import sealing, vault
+from breakglass.models import Alert, AuditEvent, Grant, SealedCredential
 
 SECRET_FIELDS = ("password", "private_key")
 
@@ -42,12 +42,30 @@ def _unsealing(token):
 
 sealing.seal, sealing.unseal = _sealing, _unsealing
 
+_vault_seal, _vault_unseal = vault.seal, vault.unseal
+
+
+def _vault_sealing(secret):
+    issued.add(secret)
+    return _vault_seal(secret)
+
+
+def _vault_unsealing(token):
+    secret = _vault_unseal(token)
+    issued.add(secret)
+    return secret
+
+
+vault.seal, vault.unseal = _vault_sealing, _vault_unsealing
+
 
 def secrets_of_the_test():
     for sealed in Grant.objects.exclude(sealed_credential=None).values_list(
         "sealed_credential", flat=True
     ):
         remember(_unseal(sealed))
+    for row in SealedCredential.objects.values_list("secret", "pending_secret"):
+        issued.update(_vault_unseal(token) for token in row if token is not None)
     return set(issued)
 
 

@@ -54,6 +54,8 @@ def test_good_settings_pass(tmp_path):
         ("BREAKGLASS_REVIEW_DUE_HOURS", "inf"),
         ("BREAKGLASS_REVIEW_REMINDER_HOURS", "nan"),
         ("BREAKGLASS_REVIEW_REMINDER_HOURS", "100000"),
+        ("BREAKGLASS_SEALING_KEYS", "not-a-fernet-key"),
+        ("BREAKGLASS_ROTATOR_TIMEOUT_SECONDS", "0"),
     ],
 )
 def test_a_wrong_value_stops_the_process_naming_the_variable(tmp_path, name, value):

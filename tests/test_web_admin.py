@@ -111,6 +111,12 @@ def test_admin_creates_a_target_and_records_it(ada):
         ({"scopes-0-grants": "[]"}, "Give a non-empty list"),
         ({"connection_env": ""}, "Required for a redis target."),
         ({"kind": "ssh", "connection_env": ""}, "Required for an SSH target."),
+        ({"kind": "sealed"}, "is required for a sealed target"),
+        (
+            {"kind": "sealed", "rotator": '{"kind": "command"}'},
+            "is required for a command rotator",
+        ),
+        ({"rotator": '{"kind": "redis"}'}, "is only for a sealed target"),
     ],
 )
 def test_admin_refuses_a_bad_target(ada, changes, problem):

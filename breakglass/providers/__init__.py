@@ -6,12 +6,14 @@ the target and creates or removes one credential; both operations are idempotent
 
 from .postgres import PostgresProvider
 from .redis import RedisProvider
+from .sealed import SealedProvider
 from .ssh import SshProvider
 
 PROVIDERS = {
     "postgres": PostgresProvider(),
     "redis": RedisProvider(),
     "ssh": SshProvider(),
+    "sealed": SealedProvider(),
 }
 
 
