@@ -7,10 +7,11 @@
 It opens and approves --grants one-minute requests, half on a private PostgreSQL
 cluster and half on a private Redis server, and issues them one after the other,
 so that they all end within the same minute. A real Celery worker (threads pool,
---concurrency threads, its scheduler embedded) revokes them. An observer polls the targets
-every 50 ms and notes when each credential is gone; the lag is that moment minus
-the grant's end. With --kill-after S the worker is killed with SIGKILL S seconds
-after the first grant ends, and started again at once, as a supervisor would.
+--concurrency threads, its scheduler embedded) revokes them. An observer polls
+the targets every 50 ms and notes when each credential is gone; the lag is that
+moment minus the grant's end. With --kill-after S the worker is killed with
+SIGKILL S seconds after the first grant ends, and started again at once, as a
+supervisor would.
 """
 
 import argparse
