@@ -122,6 +122,13 @@ def deliver(alert_id):
         if alert is None:
             # Delivered already, or another worker is delivering it right now.
             return True
+        earlier = _earlier_undelivered(alert)
+        if earlier is not None:
+            # A destination gets a request's alerts in the order of its events:
+            # this one waits for the earlier one, and is tried again with it.
+            alert.next_attempt_at = max(earlier.next_attempt_at, clock.now())
+            alert.save(update_fields=["next_attempt_at"])
+            return False
 
         try:
             if alert.channel == Alert.Channel.WEBHOOK:
@@ -147,7 +154,48 @@ def deliver(alert_id):
         alert.delivered_at = clock.now()
         alert.last_error = ""
         alert.save(update_fields=["attempts", "delivered_at", "last_error"])
+        waiting = _next_waiting(alert)
+        if waiting is not None:
+            transaction.on_commit(lambda: _start_delivery([waiting]))
         return True
+
+
+def _earlier_undelivered(alert):
+    """Return an earlier undelivered alert of the same request to the same webhook.
+
+    Mail gives no order anyway: an email goes as soon as it can.
+    """
+    if alert.channel != Alert.Channel.WEBHOOK or alert.event.request_id is None:
+        return None
+    return (
+        Alert.objects.filter(
+            delivered_at__isnull=True,
+            channel=alert.channel,
+            destination=alert.destination,
+            event__request_id=alert.event.request_id,
+            event__seq__lt=alert.event.seq,
+        )
+        .order_by("event__seq")
+        .only("next_attempt_at")
+        .first()
+    )
+
+
+def _next_waiting(alert):
+    if alert.channel != Alert.Channel.WEBHOOK or alert.event.request_id is None:
+        return None
+    return (
+        Alert.objects.filter(
+            delivered_at__isnull=True,
+            channel=alert.channel,
+            destination=alert.destination,
+            event__request_id=alert.event.request_id,
+            event__seq__gt=alert.event.seq,
+        )
+        .order_by("event__seq")
+        .only("pk")
+        .first()
+    )
 
 
 def _describe(exc):

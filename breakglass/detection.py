@@ -5,9 +5,10 @@ credential; a session not seen before becomes a CredentialUse row and a
 `credential.used` event, written together under the grant's lock.
 """
 
+import contextlib
 import logging
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from . import audit, clock, services
 from .errors import ProviderError
@@ -16,17 +17,45 @@ from .providers import provider_for
 
 logger = logging.getLogger(__name__)
 
+# Held by the detection run in progress (PostgreSQL only).
+_RUN_LOCK_KEY = 0x6267_6465_7465_6374  # "bgdetect"
+
 
 def detect_uses():
-    """Look for new uses of every active grant's credential; return how many."""
-    grant_ids = (
-        Grant.objects.filter(
-            request__status=AccessRequest.Status.ACTIVE, issued_at__isnull=False
+    """Look for new uses of every active grant's credential; return how many.
+
+    A run that starts while another is still going returns 0 at once: with many
+    grants a run outlasts its interval, and stacked runs would take every worker
+    thread from the revocations that must end grants on time.
+    """
+    with _only_run() as alone:
+        if not alone:
+            logger.info("detection: the previous run is still going; skipped")
+            return 0
+        grant_ids = (
+            Grant.objects.filter(
+                request__status=AccessRequest.Status.ACTIVE, issued_at__isnull=False
+            )
+            .order_by("pk")
+            .values_list("pk", flat=True)
         )
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
-    return sum(detect_grant_uses(grant_id) for grant_id in list(grant_ids))
+        return sum(detect_grant_uses(grant_id) for grant_id in list(grant_ids))
+
+
+@contextlib.contextmanager
+def _only_run():
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RUN_LOCK_KEY])
+        alone = cursor.fetchone()[0]
+    try:
+        yield alone
+    finally:
+        if alone:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_RUN_LOCK_KEY])
 
 
 def detect_grant_uses(grant_id):

@@ -160,6 +160,31 @@ def _assert_alerted(event):
     assert (alert.channel, alert.destination) == (Alert.Channel.EMAIL, SECURITY)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_starts_while_another_is_going_is_skipped(
+    alice, bob, orders_db, pg_target
+):
+    access_request, credential = _active(alice, bob, "orders-db")
+    session = _pg_login(credential)
+    db = connection.settings_dict
+    other_run = psycopg.connect(
+        host=db["HOST"] or "127.0.0.1",
+        port=db["PORT"] or 5432,
+        user=db["USER"],
+        dbname=db["NAME"],
+        autocommit=True,
+    )
+    other_run.execute("SELECT pg_advisory_lock(%s)", [detection._RUN_LOCK_KEY])
+
+    assert detection.detect_uses() == 0
+    assert _uses(access_request) == []
+
+    other_run.close()
+    assert detection.detect_uses() == 1
+    assert len(_uses(access_request)) == 1
+    session.close()
+
+
 # PostgreSQL
 
 
