@@ -235,16 +235,26 @@ def _status(arguments):
 
 
 def _credential(arguments):
-    credential = _client(arguments).post(f"requests/{arguments.id}/credential/")
-    saved = []
+    client = _client(arguments)
+    files = None
     if arguments.save is not None:
+        # Checked before the reveal: the credential is shown only once, so a
+        # file in the way must not cost it.
+        files = _ssh_files(arguments.save, arguments.id)
+    credential = client.post(f"requests/{arguments.id}/credential/")
+    saved = []
+    if files is not None:
         if credential.get("kind") != "ssh":
             print(
                 "breakglass: --save writes ssh certificates only; printing instead",
                 file=sys.stderr,
             )
         else:
-            saved = _save_ssh(credential, arguments.save, arguments.id)
+            try:
+                saved = _save_ssh(credential, *files)
+            except OSError as exc:
+                # Revealed already: printing it is the only way left to keep it.
+                print(f"breakglass: cannot write: {exc}; printing", file=sys.stderr)
     if arguments.json:
         _print_json(credential)
         return OK
@@ -263,15 +273,26 @@ def _credential(arguments):
     return OK
 
 
-def _save_ssh(credential, directory, request_id):
-    """Write the key (when generated) and its certificate as ssh expects them."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _ssh_files(directory, request_id):
+    """Return the key and certificate paths in `directory`, which must be free."""
     key = directory / f"breakglass-{request_id}"
+    certificate = directory / f"breakglass-{request_id}-cert.pub"
+    for path in (key, certificate):
+        if path.exists():
+            raise Failure(USAGE, f"{path} exists already; nothing was revealed")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Failure(USAGE, f"cannot create {directory}: {exc.strerror}") from None
+    return key, certificate
+
+
+def _save_ssh(credential, key, certificate):
+    """Write the key (when generated) and its certificate as ssh expects them."""
     written = []
     if credential.get("private_key"):
         _write_private(key, credential["private_key"])
         written.append(key)
-    certificate = key.with_name(f"{key.name}-cert.pub")
     _write_private(certificate, credential["certificate"])
     written.append(certificate)
     return written
@@ -279,13 +300,8 @@ def _save_ssh(credential, directory, request_id):
 
 def _write_private(path, text):
     text = text if text.endswith("\n") else text + "\n"
-    # O_EXCL: a credential is revealed once, so an existing file is never ours.
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise Failure(
-            USAGE, f"{path} exists already; the credential was not written"
-        ) from None
+    # Never readable by others, not even between creating and writing.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
 

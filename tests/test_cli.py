@@ -147,6 +147,14 @@ def test_from_request_to_revocation_in_the_terminal(
     assert f"reason: {REASON}" in shown.stdout
     assert "approved by bob" in shown.stdout and "approved by carol" in shown.stdout
 
+    # A file in the way is found before the credential is revealed.
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / f"breakglass-{request_id}-cert.pub").write_text("old")
+    refused = as_alice.run("credential", str(request_id), "--save", str(blocked))
+    assert refused.returncode == 2
+    assert "nothing was revealed" in refused.stderr
+
     keys = tmp_path / "keys"
     revealed = as_alice.run("credential", str(request_id), "--save", str(keys))
     assert revealed.returncode == 0, revealed.stderr
