@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from knox.models import AuthToken
 
-from breakglass.models import AuditEvent
+from breakglass.models import Alert, AuditEvent
 from tests.conftest import make_target, otp_code
 from tests.fixtures.server import free_port
 from tests.fixtures.waiting import wait_until
+from tests.fixtures.webhook import WebhookReceiver
 from tests.flows import CA_ENV, make_ssh_ca, open_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -91,8 +92,20 @@ def ca_key(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def worker_env(ca_key):
-    return {CA_ENV: str(ca_key)}
+def slack_receiver():
+    receiver = WebhookReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def worker_env(ca_key, slack_receiver):
+    return {
+        CA_ENV: str(ca_key),
+        "BREAKGLASS_ALERT_SLACK_URLS": slack_receiver.url,
+        "BREAKGLASS_BASE_URL": "https://breakglass.example.com",
+    }
 
 
 @pytest.fixture
@@ -105,7 +118,7 @@ def bastion(db, ca_key, tmp_path):
 
 @pytest.mark.worker
 def test_from_request_to_revocation_in_the_terminal(
-    alice, bob, carol, bastion, worker, api_server, tmp_path
+    alice, bob, carol, bastion, worker, api_server, slack_receiver, tmp_path
 ):
     as_alice = _logged_in(tmp_path, "alice", alice, api_server)
     as_bob = _with_token(tmp_path, "bob", bob, api_server)
@@ -208,6 +221,19 @@ def test_from_request_to_revocation_in_the_terminal(
         ("grant.revoked", "alice"),
     ]
 
+    # The chat hears of every step, with a link to the request.
+    wait_until(
+        lambda: not Alert.objects.filter(delivered_at__isnull=True).exists(),
+        timeout=30,
+        what="every alert to be delivered",
+    )
+    messages = [delivery.json() for delivery in slack_receiver.deliveries]
+    assert sorted(m["text"].split(":")[0] for m in messages) == sorted(
+        f"[breakglass] {event.action}" for event in AuditEvent.objects.all()
+    )
+    link = f"<https://breakglass.example.com/requests/{request_id}/|"
+    assert all(link in m["blocks"][0]["text"]["text"] for m in messages)
+
 
 @pytest.fixture
 def pending(alice, bob, bastion):
@@ -248,7 +274,8 @@ def test_refusals_exit_with_their_codes(
     assert "(invalid)" in too_long.stderr
     assert "duration_minutes" in too_long.stderr
 
-    denied = as_bob.run("deny", str(pending.pk), "--otp", otp_code(bob))
+    # Without --otp, the code is asked for.
+    denied = as_bob.run("deny", str(pending.pk), stdin=otp_code(bob) + "\n")
     assert denied.returncode == 0, denied.stderr
     assert f"#{pending.pk} denied" in denied.stdout
     late = as_alice.run("cancel", str(pending.pk))
