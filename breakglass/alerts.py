@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import uuid
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -42,6 +43,7 @@ MAX_BACKOFF_SECONDS = 600
 SLACK_SETTING = "BREAKGLASS_ALERT_SLACK_URLS"
 PAGERDUTY_SETTING = "BREAKGLASS_ALERT_PAGERDUTY_ROUTING_KEY"
 SLACK_TEXT_LIMIT = 300
+_ADDRESS = re.compile(r"https?://\S+|(?<=url: )\S+")
 
 
 def severity(action):
@@ -191,7 +193,7 @@ def _describe(exc, *, quiet=False):
         cause = exc
         while cause.__context__ is not None:
             cause = cause.__context__
-        return f"{type(exc).__name__}: {cause}"
+        return f"{type(exc).__name__}: {_ADDRESS.sub('…', str(cause))}"
     return f"{type(exc).__name__}: {exc}"
 
 
