@@ -216,13 +216,20 @@ class TargetForm(forms.ModelForm):
             "connection_env",
             "ca_key_env",
             "rotator",
+            "slack_webhook_env",
+            "pagerduty_routing_key_env",
             "is_active",
         ]
 
     def clean(self):
         cleaned = super().clean()
         kind = cleaned.get("kind")
-        for field in ("connection_env", "ca_key_env"):
+        for field in (
+            "connection_env",
+            "ca_key_env",
+            "slack_webhook_env",
+            "pagerduty_routing_key_env",
+        ):
             value = cleaned.get(field)
             if value and not ENV_NAME.match(value):
                 self.add_error(field, "Must be the name of an environment variable.")

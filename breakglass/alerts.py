@@ -1,5 +1,9 @@
 """Alerts: every audit event goes out on every configured channel, and is never dropped.
 
+Webhooks, email and Slack get every event; PagerDuty gets the critical ones. A
+target may name its own Slack webhook and PagerDuty routing key, which get the
+events about it, besides the global channels.
+
 Alerts are rows written in the same transaction as their event (an outbox), so an
 event cannot commit without its alerts. Delivery starts after commit and is retried
 with backoff until it succeeds; the periodic sweep picks up any delivery whose task
@@ -10,8 +14,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import re
 import uuid
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
@@ -19,7 +26,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 
 from . import clock
-from .models import Alert
+from .models import Alert, Target
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +38,13 @@ CRITICAL_ACTIONS = {
     "credential.rotation_failed",
 }
 MAX_BACKOFF_SECONDS = 600
+# Slack and PagerDuty alerts name where their address or key is read from, never
+# the secret itself: `setting:NAME` or `setting:NAME#index` for the global
+# settings, `env:NAME` for a target's own.
+SLACK_SETTING = "BREAKGLASS_ALERT_SLACK_URLS"
+PAGERDUTY_SETTING = "BREAKGLASS_ALERT_PAGERDUTY_ROUTING_KEY"
+SLACK_TEXT_LIMIT = 300
+_ADDRESS = re.compile(r"https?://\S+|(?<=url: )\S+")
 
 
 def severity(action):
@@ -54,6 +68,7 @@ def queue_alerts(event, *, notify=()):
     extra = sorted(set(notify) - set(settings.BREAKGLASS_ALERT_EMAILS))
     if extra:
         destinations.append((Alert.Channel.EMAIL, ",".join(extra)))
+    destinations += _chat_and_paging(event)
     created = Alert.objects.bulk_create(
         Alert(
             event=event,
@@ -67,6 +82,28 @@ def queue_alerts(event, *, notify=()):
     )
     if created:
         transaction.on_commit(lambda: _start_delivery(created))
+
+
+def _chat_and_paging(event):
+    """Return the Slack and PagerDuty destinations of an event, global then target."""
+    critical = severity(event.action) == "critical"
+    found = [
+        (Alert.Channel.SLACK, f"setting:{SLACK_SETTING}#{index}")
+        for index in range(len(settings.BREAKGLASS_ALERT_SLACK_URLS))
+    ]
+    if critical and settings.BREAKGLASS_ALERT_PAGERDUTY_ROUTING_KEY:
+        found.append((Alert.Channel.PAGERDUTY, f"setting:{PAGERDUTY_SETTING}"))
+    if event.target:
+        slack_env, pagerduty_env = (
+            Target.objects.filter(name=event.target)
+            .values_list("slack_webhook_env", "pagerduty_routing_key_env")
+            .first()
+        ) or ("", "")
+        if slack_env:
+            found.append((Alert.Channel.SLACK, f"env:{slack_env}"))
+        if critical and pagerduty_env:
+            found.append((Alert.Channel.PAGERDUTY, f"env:{pagerduty_env}"))
+    return found
 
 
 def _start_delivery(alerts):
@@ -131,15 +168,13 @@ def deliver(alert_id):
             return False
 
         try:
-            if alert.channel == Alert.Channel.WEBHOOK:
-                _post_webhook(alert)
-            else:
-                _send_email(alert)
+            _SENDERS[alert.channel](alert)
         except Exception as exc:
             alert.attempts += 1
             delay = min(MAX_BACKOFF_SECONDS, 2 ** min(alert.attempts, 10))
             alert.next_attempt_at = clock.now() + timedelta(seconds=delay)
-            alert.last_error = _describe(exc)[:1000]
+            alert.last_error = _describe(exc, quiet=alert.channel in SECRET_CHANNELS)
+            alert.last_error = alert.last_error[:1000]
             alert.save(update_fields=["attempts", "next_attempt_at", "last_error"])
             logger.warning(
                 "alert %s (%s) not delivered, attempt %s: %s",
@@ -198,9 +233,16 @@ def _next_waiting(alert):
     )
 
 
-def _describe(exc):
+def _describe(exc, *, quiet=False):
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return f"HTTP {exc.response.status_code}"
+    if quiet and isinstance(exc, requests.RequestException):
+        # The message of a failed request quotes its address, which is the
+        # secret of a Slack webhook: say only what happened underneath.
+        cause = exc
+        while cause.__context__ is not None:
+            cause = cause.__context__
+        return f"{type(exc).__name__}: {_ADDRESS.sub('…', str(cause))}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -224,6 +266,129 @@ def _post_webhook(alert):
         raise requests.HTTPError(response=response)
 
 
+class MissingDestination(Exception):
+    """The setting or environment variable an alert names holds nothing now."""
+
+
+def resolve(destination):
+    """Return the address or key a Slack or PagerDuty destination names."""
+    source, _, name = destination.partition(":")
+    name, _, index = name.partition("#")
+    if source == "setting":
+        value = getattr(settings, name, None)
+        if index:
+            value = value[int(index)] if int(index) < len(value or []) else None
+    else:
+        value = os.environ.get(name)
+    if not value:
+        raise MissingDestination(f"{name} is not set")
+    return value
+
+
+def _post_json(url, body, *, expected):
+    response = requests.post(
+        url,
+        data=json.dumps(body, sort_keys=True).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "breakglass-alerts/1",
+        },
+        timeout=settings.BREAKGLASS_ALERT_TIMEOUT_SECONDS,
+        allow_redirects=False,
+    )
+    response.raise_for_status()
+    if response.status_code not in expected:
+        raise requests.HTTPError(response=response)
+
+
+def _post_slack(alert):
+    url = resolve(alert.destination)
+    if not url.startswith(("http://", "https://")):
+        raise MissingDestination(f"{alert.destination} is not an http(s) address")
+    _post_json(url, slack_message(alert.event), expected=range(200, 300))
+
+
+def slack_message(event):
+    """Return a Slack incoming-webhook message for an event: text and blocks."""
+    url = _request_url(event.request_id) or settings.BREAKGLASS_BASE_URL
+    what = f"request {event.request_id}" if event.request_id else "the trail"
+    subject = ""
+    if event.target:
+        subject = f" on {event.target}" + (f"/{event.scope}" if event.scope else "")
+    if event.requester:
+        subject += f" for {event.requester}"
+    if event.incident:
+        subject += f", incident {event.incident}"
+    marker = ":rotating_light: " if severity(event.action) == "critical" else ""
+    headline = f"{marker}*{_escape(event.action)}*: <{url}|{_escape(what)}>"
+    lines = [headline + _escape(subject)]
+    reason = event.data.get("reason") if isinstance(event.data, dict) else None
+    if isinstance(reason, str) and reason:
+        lines.append(f">{_escape(reason[:SLACK_TEXT_LIMIT])}")
+    return {
+        "text": f"[breakglass] {event.action}: {what}{subject}",
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}},
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": _escape(
+                            f"by {event.actor} at {event.at.isoformat()}, "
+                            f"event {event.seq}"
+                        ),
+                    }
+                ],
+            },
+        ],
+    }
+
+
+def _escape(text):
+    # Slack reads <, > and & as markup: a reason could otherwise forge a link.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _post_pagerduty(alert):
+    body = pagerduty_event(alert.event, routing_key=resolve(alert.destination))
+    # The Events API answers 202 once it has accepted the event.
+    _post_json(settings.BREAKGLASS_ALERT_PAGERDUTY_URL, body, expected=range(200, 300))
+
+
+def pagerduty_event(event, *, routing_key):
+    """Return the PagerDuty Events API v2 trigger for a critical event."""
+    about = (
+        f"request {event.request_id}"
+        if event.request_id
+        else event.target or "the audit trail"
+    )
+    data = event.data if isinstance(event.data, dict) else {}
+    # One incident per thing that went wrong: retries of one grant's revocation
+    # or one orphan's removal add to it instead of paging again.
+    subject = event.request_id or data.get("principal") or event.target or ""
+    body = {
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": f"breakglass/{event.action}/{subject}".rstrip("/"),
+        "client": "Breakglass",
+        "client_url": settings.BREAKGLASS_BASE_URL,
+        "payload": {
+            "summary": f"Breakglass: {event.action} ({about})"[:1024],
+            "source": event.target or urlsplit(settings.BREAKGLASS_BASE_URL).netloc,
+            "severity": "critical",
+            "timestamp": event.at.isoformat(),
+            "class": event.action,
+            "component": event.target or "audit",
+            "custom_details": payload(event),
+        },
+    }
+    url = _request_url(event.request_id)
+    if url:
+        body["links"] = [{"href": url, "text": f"Request {event.request_id}"}]
+    return body
+
+
 def _send_email(alert):
     event = alert.event
     about = f" request {event.request_id}" if event.request_id else ""
@@ -240,6 +405,15 @@ def _send_email(alert):
         alert.destination.split(","),
         fail_silently=False,
     )
+
+
+_SENDERS = {
+    Alert.Channel.WEBHOOK: _post_webhook,
+    Alert.Channel.EMAIL: _send_email,
+    Alert.Channel.SLACK: _post_slack,
+    Alert.Channel.PAGERDUTY: _post_pagerduty,
+}
+SECRET_CHANNELS = {Alert.Channel.SLACK, Alert.Channel.PAGERDUTY}
 
 
 def due_alert_ids(limit=500):

@@ -30,9 +30,11 @@ TARGET_KEYS = {
     "rotator",
     "scopes",
     "policy",
+    "alerts",
 }
 ROTATOR_KEYS = {"kind", "username", "connection_env", "command_env"}
 ROTATOR_KINDS = ("postgres", "redis", "command")
+ALERT_KEYS = {"slack_webhook_env", "pagerduty_routing_key_env"}
 SCOPE_KEYS = {"name", "grants", "approver_groups"}
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 RULE_KEYS = {"name", "when", "add_approvals", "max_duration_minutes"}
@@ -53,6 +55,10 @@ MAX_LENGTHS = {
     "incident_pattern": Policy._meta.get_field("incident_pattern").max_length,
     "revocation_list_path": Target._meta.get_field("revocation_list_path").max_length,
     "auth_log_path": Target._meta.get_field("auth_log_path").max_length,
+    "slack_webhook_env": Target._meta.get_field("slack_webhook_env").max_length,
+    "pagerduty_routing_key_env": Target._meta.get_field(
+        "pagerduty_routing_key_env"
+    ).max_length,
     "approver_groups": Group._meta.get_field("name").max_length,
     "requester_groups": Group._meta.get_field("name").max_length,
     "groups": Group._meta.get_field("name").max_length,
@@ -330,6 +336,7 @@ def _target(target, path):
         )
 
     item["policy"] = _policy(target.get("policy", {}), f"{path}.policy")
+    item.update(_alerts(target.get("alerts"), f"{path}.alerts"))
     return item
 
 
@@ -367,6 +374,16 @@ def clean_rotator(target, kind, path):
     if cleaned[unused]:
         raise ConfigError(f"{path}.{unused}", f"is not for a {rotator_kind} rotator")
     return cleaned
+
+
+def _alerts(alerts, path):
+    """Return the target's own alert channels: names of variables, never values."""
+    if alerts is None:
+        alerts = {}
+    if not isinstance(alerts, dict):
+        raise ConfigError(path, "must be a mapping")
+    _no_unknown_keys(alerts, ALERT_KEYS, path)
+    return {key: _string(alerts, key, path, pattern=ENV_NAME) for key in ALERT_KEYS}
 
 
 def _policy(policy, path):
@@ -527,6 +544,8 @@ def apply(config, *, source, actor=audit.SYSTEM):
                     "revocation_list_path": item["revocation_list_path"],
                     "auth_log_path": item["auth_log_path"],
                     "rotator": item["rotator"],
+                    "slack_webhook_env": item["slack_webhook_env"],
+                    "pagerduty_routing_key_env": item["pagerduty_routing_key_env"],
                     "is_active": True,
                 },
             )

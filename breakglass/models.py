@@ -47,6 +47,18 @@ class Target(models.Model):
         help_text="Sealed: how the shared secret is replaced on the system "
         "(kind, username, connection_env or command_env).",
     )
+    slack_webhook_env = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Environment variable holding a Slack incoming-webhook address "
+        "that gets this target's alerts (never stored).",
+    )
+    pagerduty_routing_key_env = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Environment variable holding a PagerDuty Events API v2 routing "
+        "key that gets this target's critical alerts (never stored).",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -440,9 +452,13 @@ class Alert(models.Model):
     class Channel(models.TextChoices):
         WEBHOOK = "webhook"
         EMAIL = "email"
+        SLACK = "slack"
+        PAGERDUTY = "pagerduty", "PagerDuty"
 
     event = models.ForeignKey(AuditEvent, on_delete=models.PROTECT, related_name="+")
     channel = models.CharField(max_length=20, choices=Channel.choices)
+    # Slack and PagerDuty: where the address or key is read from at delivery,
+    # `setting:NAME[#index]` or `env:NAME`, since the address is itself a secret.
     destination = models.TextField()
     delivery_id = models.UUIDField(unique=True)
     created_at = models.DateTimeField()

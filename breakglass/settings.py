@@ -270,6 +270,23 @@ for _address in BREAKGLASS_ALERT_EMAILS:
         raise ImproperlyConfigured(
             f"BREAKGLASS_ALERT_EMAILS holds {_address!r}, which is not an address"
         ) from None
+# Slack addresses and the PagerDuty key are secrets: a refusal never shows them.
+BREAKGLASS_ALERT_SLACK_URLS = _setting("BREAKGLASS_ALERT_SLACK_URLS", env.list, [])
+if not all(u.startswith(("http://", "https://")) for u in BREAKGLASS_ALERT_SLACK_URLS):
+    raise ImproperlyConfigured(
+        "BREAKGLASS_ALERT_SLACK_URLS must hold http(s) addresses only"
+    )
+BREAKGLASS_ALERT_PAGERDUTY_ROUTING_KEY = env.str(
+    "BREAKGLASS_ALERT_PAGERDUTY_ROUTING_KEY", default=""
+)
+BREAKGLASS_ALERT_PAGERDUTY_URL = env.str(
+    "BREAKGLASS_ALERT_PAGERDUTY_URL", default="https://events.pagerduty.com/v2/enqueue"
+)
+if not BREAKGLASS_ALERT_PAGERDUTY_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(
+        "BREAKGLASS_ALERT_PAGERDUTY_URL must be an http(s) address, not "
+        f"{BREAKGLASS_ALERT_PAGERDUTY_URL!r}"
+    )
 BREAKGLASS_ALERT_TIMEOUT_SECONDS = _setting(
     "BREAKGLASS_ALERT_TIMEOUT_SECONDS", env.float, 5.0
 )

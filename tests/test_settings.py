@@ -47,6 +47,8 @@ def test_good_settings_pass(tmp_path):
         ("CELERY_BROKER_URL", "foo"),
         ("BREAKGLASS_ALERT_EMAILS", "notanemail"),
         ("BREAKGLASS_ALERT_WEBHOOK_URLS", "ftp://example.com/hook"),
+        ("BREAKGLASS_ALERT_SLACK_URLS", "hooks.slack.com/services/T/B/x"),
+        ("BREAKGLASS_ALERT_PAGERDUTY_URL", "events.pagerduty.com"),
         ("BREAKGLASS_SWEEP_SECONDS", "-1"),
         ("BREAKGLASS_SWEEP_SECONDS", "abc"),
         ("EMAIL_PORT", "x"),
@@ -77,6 +79,16 @@ def test_a_password_in_a_wrong_database_url_is_not_repeated(tmp_path):
 
     assert result.returncode != 0
     assert "DATABASE_URL" in result.stderr
+    assert "Sup3rSecret" not in result.stderr
+
+
+def test_a_wrong_slack_address_is_not_repeated(tmp_path):
+    result = _check(
+        tmp_path, BREAKGLASS_ALERT_SLACK_URLS="hooks.example.com/T1/B1/Sup3rSecret"
+    )
+
+    assert result.returncode != 0
+    assert "BREAKGLASS_ALERT_SLACK_URLS" in result.stderr
     assert "Sup3rSecret" not in result.stderr
 
 

@@ -104,6 +104,19 @@ def test_admin_creates_a_target_and_records_it(ada):
     )
 
 
+def test_admin_names_a_targets_alert_channels(ada):
+    form = target_form(
+        slack_webhook_env="CACHE_SLACK_URL", pagerduty_routing_key_env="CACHE_PD_KEY"
+    )
+
+    response = login(ada).post("/admin/breakglass/target/add/", form)
+
+    assert response.status_code == 302
+    target = Target.objects.get(name="cache")
+    assert target.slack_webhook_env == "CACHE_SLACK_URL"
+    assert target.pagerduty_routing_key_env == "CACHE_PD_KEY"
+
+
 @pytest.mark.parametrize(
     "changes, problem",
     [
@@ -117,6 +130,10 @@ def test_admin_creates_a_target_and_records_it(ada):
             "is required for a command rotator",
         ),
         ({"rotator": '{"kind": "redis"}'}, "is only for a sealed target"),
+        (
+            {"slack_webhook_env": "https://hooks.slack.com/services/T/B/x"},
+            "Must be the name of an environment variable.",
+        ),
     ],
 )
 def test_admin_refuses_a_bad_target(ada, changes, problem):
