@@ -104,3 +104,22 @@ def test_a_proxy_header_that_is_not_a_header_name_stops_the_process(tmp_path):
 
     assert result.returncode != 0
     assert "SECURE_PROXY_SSL_HEADER" in result.stderr.splitlines()[-1]
+
+
+def test_an_unknown_log_format_stops_the_process(tmp_path):
+    result = _manage(tmp_path, "check", BREAKGLASS_LOG_FORMAT="xml")
+
+    assert result.returncode != 0
+    assert "BREAKGLASS_LOG_FORMAT" in result.stderr.splitlines()[-1]
+
+
+def test_a_staleness_limit_within_one_heartbeat_stops_the_process(tmp_path):
+    result = _manage(
+        tmp_path,
+        "check",
+        BREAKGLASS_HEARTBEAT_SECONDS="30",
+        BREAKGLASS_HEARTBEAT_STALE_SECONDS="30",
+    )
+
+    assert result.returncode != 0
+    assert "BREAKGLASS_HEARTBEAT_STALE_SECONDS" in result.stderr.splitlines()[-1]
