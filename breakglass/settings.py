@@ -274,6 +274,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Several schedulers may run: only the one holding the database lock sends.
+CELERY_BEAT_SCHEDULER = "breakglass.scheduler:LockedScheduler"
 BREAKGLASS_SWEEP_SECONDS = _positive("BREAKGLASS_SWEEP_SECONDS", 5.0)
 # How long an API call that ends a grant waits for a worker to revoke it.
 BREAKGLASS_REVOKE_WAIT_SECONDS = _setting(
