@@ -83,8 +83,9 @@ def record_event(action, *, actor, subject=None, data=None, notify=()):
     """Append an event and queue its alerts; call inside the state change's transaction.
 
     `subject` names what the event is about: request id, incident, target, scope
-    and requester. `data` must never hold a secret. `notify` adds email addresses
-    that get this event besides the configured channels.
+    and requester, and the grant id for the log line. `data` must never hold a
+    secret. `notify` adds email addresses that get this event besides the
+    configured channels.
     """
     subject = subject or {}
     with transaction.atomic():
@@ -108,7 +109,30 @@ def record_event(action, *, actor, subject=None, data=None, notify=()):
         event.hash = compute_hash(event)
         event.save()
         alerts.queue_alerts(event, notify=notify)
+        _log_event(event, subject.get("grant"))
     return event
+
+
+def _log_event(event, grant_id):
+    """Write one log line for a recorded event: ids and names, never its data."""
+    logger.info(
+        "%s seq=%s request=%s grant=%s actor=%s",
+        event.action,
+        event.seq,
+        event.request_id,
+        grant_id,
+        event.actor,
+        extra={
+            "event": event.action,
+            "seq": event.seq,
+            "request_id": event.request_id,
+            "grant_id": grant_id,
+            "actor": event.actor,
+            "target": event.target,
+            "scope": event.scope,
+            "incident": event.incident,
+        },
+    )
 
 
 def _lock_chain():

@@ -19,6 +19,13 @@ def _schedule_sweeps(sender, **kwargs):
     from django.conf import settings
 
     every = settings.BREAKGLASS_SWEEP_SECONDS
+    # A heartbeat no worker took within its interval is dropped: after an outage
+    # a backlog of them would only repeat what the next one says.
+    heartbeat = settings.BREAKGLASS_HEARTBEAT_SECONDS
+    sender.add_periodic_task(
+        heartbeat,
+        sender.signature("breakglass.tasks.heartbeat").set(expires=heartbeat),
+    )
     # The sweep is the safety net under every scheduled revocation and delivery:
     # a task lost with its worker or broker is found again within one interval.
     sender.add_periodic_task(every, sender.signature("breakglass.tasks.sweep"))

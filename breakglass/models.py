@@ -499,3 +499,20 @@ def _keep_groups_in_use(sender, instance, **kwargs):
             "or requests and cannot be deleted.",
             set(uses),
         )
+
+
+class WorkerHeartbeat(models.Model):
+    """When a Celery worker last ran the scheduler's heartbeat task.
+
+    A fresh one shows that the scheduler, the broker and a worker all work:
+    /readyz checks it.
+    """
+
+    worker = models.CharField(max_length=255, unique=True)
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-seen_at"]
+
+    def __str__(self):
+        return f"{self.worker} at {self.seen_at:%Y-%m-%d %H:%M:%S}Z"

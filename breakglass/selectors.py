@@ -4,11 +4,32 @@ import time
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
-from django.db.models import BooleanField, Case, Count, Min, Q, Value, When
+from django.db.models import (
+    BooleanField,
+    Case,
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Max,
+    Min,
+    Q,
+    Sum,
+    Value,
+    When,
+)
 
 from . import clock, policy, roles
 from .errors import NotVisible
-from .models import AccessRequest, Alert, AuditEvent, Grant, Review, Target
+from .models import (
+    AccessRequest,
+    Alert,
+    AuditEvent,
+    Grant,
+    Review,
+    Target,
+    WorkerHeartbeat,
+)
 from .providers import ssh
 
 
@@ -362,3 +383,142 @@ def target_page(name):
             .first()
         )
     return target
+# Operational figures, for /metrics
+
+
+# The events counted since the trail began, by action and target.
+COUNTED_ACTIONS = (
+    "approval.approved",
+    "approval.denied",
+    "credential.used",
+    "grant.revocation_failed",
+)
+# Upper bounds, in seconds, of the buckets each time is counted in.
+TIME_BUCKETS = {
+    "approval": (30, 60, 120, 300, 600, 1800, 3600),
+    "issuance": (0.5, 1, 2, 5, 10, 30, 60, 300),
+    "revocation_lag": (0.5, 1, 2, 5, 10, 30, 60, 300),
+}
+
+
+def operations_figures(now=None):
+    """Return what /metrics exposes, read from the database in a few queries.
+
+    Every web node answers the same, whichever process handled the changes: the
+    figures are the rows, not counters kept in memory.
+    """
+    now = now or clock.now()
+    status_counts = dict(
+        AccessRequest.objects.order_by()
+        .values_list("status")
+        .annotate(count=Count("pk"))
+    )
+    active = dict(
+        AccessRequest.objects.filter(status=AccessRequest.Status.ACTIVE)
+        .order_by()
+        .values_list("target__name")
+        .annotate(count=Count("pk"))
+    )
+    targets = Target.objects.filter(is_active=True).values_list("name", flat=True)
+    events = (
+        AuditEvent.objects.filter(action__in=COUNTED_ACTIONS)
+        .order_by()
+        .values_list("action", "target")
+        .annotate(count=Count("pk"))
+    )
+    alerts = (
+        Alert.objects.filter(delivered_at__isnull=True)
+        .order_by()
+        .values_list("channel")
+        .annotate(
+            count=Count("pk"),
+            stuck=Count("pk", filter=Q(created_at__lte=now - STUCK_ALERT_AGE)),
+        )
+    )
+    revocations = failing_revocations(now)
+    heartbeat = WorkerHeartbeat.objects.aggregate(latest=Max("seen_at"))["latest"]
+    return {
+        "requests_by_status": {
+            status: status_counts.get(status, 0) for status in AccessRequest.Status
+        },
+        "active_grants_by_target": {
+            name: active.get(name, 0) for name in sorted({*targets, *active})
+        },
+        "events": [(action, target, count) for action, target, count in events],
+        "undelivered_alerts": {
+            channel: {"count": count, "stuck": stuck}
+            for channel, count, stuck in alerts
+        },
+        "revocations_failing": sum(r["state"] == "failing" for r in revocations),
+        "revocations_overdue": sum(r["state"] == "overdue" for r in revocations),
+        "audit_head_seq": AuditEvent.objects.aggregate(head=Max("seq"))["head"] or 0,
+        "heartbeat_age_seconds": (
+            None if heartbeat is None else (now - heartbeat).total_seconds()
+        ),
+        "times": _time_histograms(),
+    }
+
+
+def _seconds(delta):
+    return 0.0 if delta is None else delta.total_seconds()
+
+
+def _time_histograms():
+    """Return, per kind of time, its count, sum and cumulative bucket counts.
+
+    One query, whatever the number of grants: every bucket is a filtered count.
+    Approval runs from the request to its quorum, issuance from the quorum to the
+    credential, revocation lag from when the end was due to when it happened
+    (due at the end's request for a revoked grant, at expiry otherwise).
+    """
+    ended = Q(
+        request__status__in=(
+            AccessRequest.Status.EXPIRED,
+            AccessRequest.Status.REVOKED,
+        ),
+        ended_at__isnull=False,
+    )
+    due_at = Case(
+        When(
+            request__status=AccessRequest.Status.REVOKED,
+            end_requested_at__isnull=False,
+            then=F("end_requested_at"),
+        ),
+        default=F("expires_at"),
+    )
+    grants = Grant.objects.annotate(
+        approval=ExpressionWrapper(
+            F("approved_at") - F("request__created_at"), output_field=DurationField()
+        ),
+        issuance=ExpressionWrapper(
+            F("issued_at") - F("approved_at"), output_field=DurationField()
+        ),
+        revocation_lag=ExpressionWrapper(
+            F("ended_at") - due_at, output_field=DurationField()
+        ),
+    )
+    only = {
+        "approval": Q(),
+        "issuance": Q(issued_at__isnull=False),
+        "revocation_lag": ended,
+    }
+    aggregates = {}
+    for kind, bounds in TIME_BUCKETS.items():
+        aggregates[f"{kind}_count"] = Count("pk", filter=only[kind])
+        aggregates[f"{kind}_sum"] = Sum(kind, filter=only[kind])
+        for index, bound in enumerate(bounds):
+            aggregates[f"{kind}_le_{index}"] = Count(
+                "pk",
+                filter=only[kind] & Q(**{f"{kind}__lte": timedelta(seconds=bound)}),
+            )
+    row = grants.aggregate(**aggregates)
+    return {
+        kind: {
+            "count": row[f"{kind}_count"],
+            "sum": _seconds(row[f"{kind}_sum"]),
+            "buckets": [
+                (bound, row[f"{kind}_le_{index}"]) for index, bound in enumerate(bounds)
+            ],
+        }
+        for kind, bounds in TIME_BUCKETS.items()
+    }

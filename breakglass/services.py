@@ -44,11 +44,27 @@ def subject_of(access_request):
     """Return what an event about this request is about, for the trail and alerts."""
     return {
         "request": access_request.pk,
+        "grant": _grant_id(access_request),
         "incident": access_request.incident,
         "target": access_request.target.name,
         "scope": access_request.scope.name,
         "requester": access_request.requester.get_username(),
     }
+
+
+def _grant_id(access_request):
+    try:
+        # Most changes after approval hold the grant already.
+        grant = AccessRequest.grant.related.get_cached_value(access_request)
+    except KeyError:
+        pass
+    else:
+        return grant.pk if grant is not None else None
+    return (
+        Grant.objects.filter(request_id=access_request.pk)
+        .values_list("pk", flat=True)
+        .first()
+    )
 
 
 def record(action, access_request, *, actor, data=None, notify=()):

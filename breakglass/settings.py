@@ -1,5 +1,6 @@
 """Settings for Breakglass, read from the environment (see CONTRACT.md, section 1)."""
 
+import re
 import secrets
 from pathlib import Path
 
@@ -107,6 +108,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "breakglass.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -190,6 +192,39 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"
 
+# Served over HTTPS unless told otherwise: the demo and DEBUG speak plain HTTP on
+# the loopback, everything else gets secure cookies, a redirect and HSTS.
+BREAKGLASS_HTTPS = _bool("BREAKGLASS_HTTPS", not (DEMO or DEBUG))
+SECURE_SSL_REDIRECT = _bool("SECURE_SSL_REDIRECT", BREAKGLASS_HTTPS)
+# Probes and scrapers ask each node directly, without TLS.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", BREAKGLASS_HTTPS)
+CSRF_COOKIE_SECURE = _bool("CSRF_COOKIE_SECURE", BREAKGLASS_HTTPS)
+SECURE_HSTS_SECONDS = _setting(
+    "SECURE_HSTS_SECONDS", env.int, 365 * 24 * 3600 if BREAKGLASS_HTTPS else 0
+)
+if SECURE_HSTS_SECONDS < 0:
+    raise ImproperlyConfigured("SECURE_HSTS_SECONDS must be 0 or more")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = _bool("SECURE_HSTS_PRELOAD", False)
+
+
+def _proxy_ssl_header():
+    """Read the header a TLS-terminating load balancer sets to `https`."""
+    name = env.str("SECURE_PROXY_SSL_HEADER", default="").strip()
+    if not name:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER must be a header name, not {name!r}"
+        )
+    return ("HTTP_" + name.upper().replace("-", "_"), "https")
+
+
+# Trust it only behind a proxy that overwrites it: a client could send it too.
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header()
+CSRF_TRUSTED_ORIGINS = _url_list("CSRF_TRUSTED_ORIGINS")
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "knox.auth.TokenAuthentication",
@@ -239,6 +274,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Several schedulers may run: only the one holding the database lock sends.
+CELERY_BEAT_SCHEDULER = "breakglass.scheduler:LockedScheduler"
 BREAKGLASS_SWEEP_SECONDS = _positive("BREAKGLASS_SWEEP_SECONDS", 5.0)
 # How long an API call that ends a grant waits for a worker to revoke it.
 BREAKGLASS_REVOKE_WAIT_SECONDS = _setting(
@@ -354,13 +391,49 @@ OTP_TOTP_ISSUER = "Breakglass"
 # Device keys are second factors: not even admins get to read them back.
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
+# Operations: health, metrics and logs.
+# The scheduler has a worker record a heartbeat this often; /readyz fails once
+# the newest one is older than the staleness limit.
+BREAKGLASS_HEARTBEAT_SECONDS = _positive("BREAKGLASS_HEARTBEAT_SECONDS", 15.0)
+BREAKGLASS_HEARTBEAT_STALE_SECONDS = _positive(
+    "BREAKGLASS_HEARTBEAT_STALE_SECONDS", 60.0
+)
+if BREAKGLASS_HEARTBEAT_STALE_SECONDS <= BREAKGLASS_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "BREAKGLASS_HEARTBEAT_STALE_SECONDS must be longer than "
+        "BREAKGLASS_HEARTBEAT_SECONDS"
+    )
+# How long /readyz waits for the database and the broker before calling them down.
+BREAKGLASS_READY_TIMEOUT_SECONDS = _positive("BREAKGLASS_READY_TIMEOUT_SECONDS", 2.0)
+# Empty: /metrics answers anyone who can reach it; set, only a scraper sending
+# `Authorization: Bearer <token>`.
+BREAKGLASS_METRICS_TOKEN = env.str("BREAKGLASS_METRICS_TOKEN", default="")
+BREAKGLASS_LOG_FORMAT = env.str("BREAKGLASS_LOG_FORMAT", default="plain")
+if BREAKGLASS_LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(
+        f"BREAKGLASS_LOG_FORMAT must be plain or json, not {BREAKGLASS_LOG_FORMAT!r}"
+    )
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level"},
+            "timestamp": False,
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": BREAKGLASS_LOG_FORMAT,
+        }
+    },
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+# Celery's own handlers would write its lines in its own format, not as JSON.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = BREAKGLASS_LOG_FORMAT != "json"

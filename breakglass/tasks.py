@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from . import alerts, audit, detection, rotation, services
+from . import alerts, audit, detection, health, rotation, services
 from . import reconcile as reconcile_module
 
 logger = logging.getLogger(__name__)
@@ -70,3 +70,8 @@ def remind_overdue_reviews():
     reminded = services.remind_overdue_reviews()
     if reminded:
         logger.info("reviews: %s requesters reminded", reminded)
+
+
+@shared_task(name="breakglass.tasks.heartbeat", bind=True)
+def heartbeat(self):
+    health.record_heartbeat(self.request.hostname or "unknown")
