@@ -383,6 +383,8 @@ def target_page(name):
             .first()
         )
     return target
+
+
 # Operational figures, for /metrics
 
 
