@@ -51,10 +51,19 @@ class SchedulerLock:
         return self.held
 
     def release(self):
-        self.held = False
         if self.connection is not None:
+            if self.held and not self.connection.closed:
+                # Unlock before closing: the server ends a closed session a moment
+                # later, and a waiting beat should not miss the lock meanwhile.
+                try:
+                    self.connection.execute(
+                        "SELECT pg_advisory_unlock(%s)", [LOCK_KEY]
+                    )
+                except psycopg.Error:
+                    pass
             self.connection.close()
             self.connection = None
+        self.held = False
 
     def _conninfo(self):
         db = self.database
