@@ -103,6 +103,7 @@ def _live_context(user, access_request):
         and grant is not None
         and grant.end_requested_at is None
         and services.can_end(user, access_request),
+        "can_cancel": access_request.status == Status.PENDING and is_requester,
         "can_reveal": is_active
         and is_requester
         and grant is not None
@@ -150,7 +151,6 @@ def render_detail(request, access_request, *, status=200, error=None, **forms):
             "can_vote": is_pending
             and not voted
             and policy.is_eligible_approver(user, access_request),
-            "can_cancel": is_pending and is_requester,
             "review": review,
             "review_overdue": review is not None and review.is_overdue(clock.now()),
             "can_submit_review": review is not None

@@ -62,7 +62,12 @@
       if (isNaN(moment)) return;
       time.dataset.local = "1";
       time.title = time.textContent;
-      time.textContent = localFormat.format(moment);
+      var parts = {};
+      localFormat.formatToParts(moment).forEach(function (part) {
+        parts[part.type] = part.value;
+      });
+      time.textContent = parts.year + "-" + parts.month + "-" + parts.day + " " +
+        parts.hour + ":" + parts.minute + ":" + parts.second + " " + parts.timeZoneName;
     });
     var note = document.getElementById("time-note");
     if (note && zone) {
