@@ -133,9 +133,10 @@ def _approve(page, request_url, code, comment, *, screenshot=None):
     # A phone offers its number pad and the code its authenticator just showed.
     expect(otp).to_have_attribute("inputmode", "numeric")
     expect(otp).to_have_attribute("autocomplete", "one-time-code")
-    otp.fill(code)
     page.get_by_label("Comment").fill(comment)
-    page.get_by_role("button", name="Approve").click()
+    otp.fill(code)
+    # Enter in the code field sends the form with its first button: Approve.
+    otp.press("Enter")
     expect(page.locator(".messages")).to_contain_text("Your approval is recorded.")
 
 
@@ -184,6 +185,8 @@ def _journeys(browser, base_url, phones):
     # Bob is logged in on his phone before anything waits for him.
     bob = _open(browser, base_url, phone=True)
     _log_in(bob, "bob", phones["bob"].code())
+    bob.keyboard.press("Tab")
+    expect(bob.get_by_role("link", name="Skip to content")).to_be_focused()
     expect(bob.locator("#awaiting")).to_contain_text("Nothing waits for your decision")
 
     # Alice asks; the form says what her choice needs before she sends it.
