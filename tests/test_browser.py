@@ -16,6 +16,8 @@ With BREAKGLASS_SCREENSHOT_DIR set, the main pages are saved there as PNG files
 (docs/screenshots/ in the README).
 """
 
+import base64
+import contextlib
 import os
 import re
 import subprocess
@@ -33,11 +35,7 @@ from breakglass.models import AccessRequest, AuditEvent
 
 from .conftest import make_target, make_user
 
-pytestmark = [
-    pytest.mark.worker,
-    pytest.mark.browser,
-    pytest.mark.django_db(transaction=True),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = os.environ.get("BREAKGLASS_TEST_CHROMIUM", "/usr/bin/chromium")
 CA_ENV = "BG_BROWSER_BASTION_CA_KEY_FILE"
@@ -54,6 +52,14 @@ class Authenticator:
     def __init__(self, user):
         device = TOTPDevice.objects.get(user=user, confirmed=True)
         self.totp = (device.bin_key, device.step, device.t0, device.digits)
+
+    @classmethod
+    def from_secret(cls, secret):
+        """Return the authenticator a person sets up by typing the secret shown."""
+        authenticator = cls.__new__(cls)
+        key = base64.b32decode(secret.replace(" ", ""))
+        authenticator.totp = (key, 30, 0, 6)
+        return authenticator
 
     def code(self, *, ahead=0):
         key, step, t0, digits = self.totp
@@ -94,6 +100,21 @@ def bastion(db, tmp_path, monkeypatch, ca_key):
     target.revocation_list_path = str(tmp_path / "bastion.krl")
     target.save(update_fields=["revocation_list_path"])
     return target
+
+
+@contextlib.contextmanager
+def _chromium():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"the browser tests need Chromium at {CHROMIUM} "
+            "(apt-get install chromium, or set BREAKGLASS_TEST_CHROMIUM)"
+        )
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def _screenshot(page, name, *, full_page=False):
@@ -140,21 +161,13 @@ def _approve(page, request_url, code, comment, *, screenshot=None):
     expect(page.locator(".messages")).to_contain_text("Your approval is recorded.")
 
 
+@pytest.mark.worker
 def test_request_approve_reveal_end_review_and_export(
     live_server, worker, bastion, people
 ):
     phones = {name: Authenticator(people[name]) for name in ("bob", "carol")}
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"the browser tests need Chromium at {CHROMIUM} "
-            "(apt-get install chromium, or set BREAKGLASS_TEST_CHROMIUM)"
-        )
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM)
-        try:
-            request_id = _journeys(browser, live_server.url, phones)
-        finally:
-            browser.close()
+    with _chromium() as browser:
+        request_id = _journeys(browser, live_server.url, phones)
 
     # What the pages did is in the trail, in order, and the export was recorded.
     access_request = AccessRequest.objects.get(pk=request_id)
@@ -296,3 +309,43 @@ def _journeys(browser, base_url, phones):
     expect(reader.locator("#live")).to_contain_text("Ended early")
     expect(reader.locator("#approvals-h + .table-wrap")).to_contain_text("carol")
     return request_id
+
+
+def test_an_approver_enrols_a_phone_and_logs_in_with_it(live_server, db):
+    make_user("dora", roles.APPROVER, groups=["sre-leads"])
+
+    with _chromium() as browser:
+        page = _open(browser, live_server.url, phone=True)
+        _log_in(page, "dora")
+        page.get_by_role("navigation").get_by_role("link", name="Authenticator").click()
+        page.get_by_label("Name").fill("work phone")
+        page.get_by_label("Your password").fill("pw-dora")
+        page.get_by_role("button", name="Continue").click()
+        expect(
+            page.get_by_role("img", name="QR code for your authenticator app")
+        ).to_be_visible()
+        _screenshot(page, "otp-enrol", full_page=True)
+        phone = Authenticator.from_secret(page.locator("#totp-secret").inner_text())
+        code = page.get_by_label("Code shown by the app")
+        expect(code).to_have_attribute("autocomplete", "one-time-code")
+        code.fill(phone.code())
+        page.get_by_role("button", name="Confirm").click()
+        expect(page.locator(".messages")).to_contain_text(
+            "Authenticator work phone is ready"
+        )
+
+        # From now on a password alone does not open a session.
+        page.get_by_role("button", name="Log out").click()
+        page.goto("/login/")
+        page.get_by_label("Username").fill("dora")
+        page.get_by_label("Password").fill("pw-dora")
+        page.get_by_role("button", name="Log in").click()
+        expect(page.locator("#id_otp_error")).to_contain_text(
+            "Enter the 6-digit code from your authenticator app."
+        )
+        expect(page.get_by_label("One-time code")).to_have_attribute(
+            "aria-invalid", "true"
+        )
+        _log_in(page, "dora", phone.code(ahead=1))
+
+    assert TOTPDevice.objects.get(user__username="dora").name == "work phone"
