@@ -1,7 +1,7 @@
 # The two commands of the README; the scripts do the work so that they also run
 # without make.
 
-.PHONY: run test bench
+.PHONY: run test bench screenshots
 
 run:
 	@scripts/run
@@ -11,3 +11,6 @@ test:
 
 bench:
 	@scripts/bench $(BENCH_ARGS)
+
+screenshots:
+	@BREAKGLASS_SCREENSHOT_DIR=docs/screenshots scripts/test tests/test_browser.py

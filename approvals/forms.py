@@ -1,6 +1,8 @@
 """Web forms for enrolling the TOTP devices that confirm decisions."""
 
 from django import forms
+from django.contrib.auth.forms import AuthenticationForm
+from django.views.decorators.debug import sensitive_variables
 
 from breakglass.errors import Throttled
 
@@ -82,3 +84,49 @@ class ConfirmDeviceForm(forms.Form):
             }
         ),
     )
+
+
+class LoginForm(AuthenticationForm):
+    """Log in with a password and, for anyone with an authenticator, its code."""
+
+    otp = forms.CharField(
+        label="One-time code",
+        max_length=12,
+        required=False,
+        help_text="From your authenticator app; leave empty if you have none.",
+        widget=forms.TextInput(
+            attrs={
+                "inputmode": "numeric",
+                "autocomplete": "one-time-code",
+                "pattern": "[0-9]{6}",
+                "size": 8,
+            }
+        ),
+    )
+
+    error_messages = {
+        **AuthenticationForm.error_messages,
+        "otp_required": "Enter the 6-digit code from your authenticator app.",
+        "otp_invalid": "The one-time code is not correct, or was already used.",
+    }
+
+    device = None
+
+    @sensitive_variables("code")
+    def clean(self):
+        cleaned = super().clean()
+        user = self.get_user()
+        if user is None or not otp.has_device(user):
+            return cleaned
+        code = (cleaned.get("otp") or "").strip()
+        if not code:
+            self.add_error("otp", self.error_messages["otp_required"])
+            return cleaned
+        try:
+            self.device = otp.verify(user, code)
+        except Throttled as exc:
+            self.add_error("otp", exc.detail)
+            return cleaned
+        if self.device is None:
+            self.add_error("otp", self.error_messages["otp_invalid"])
+        return cleaned

@@ -2,9 +2,11 @@
 
 from base64 import b32encode
 
+import django_otp
 import qrcode
 import qrcode.image.svg
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.utils.safestring import mark_safe
@@ -17,9 +19,28 @@ from breakglass.forms import VoteForm
 from breakglass.views import render_detail, render_refusal, visible_request
 
 from . import devices, services
-from .forms import AddDeviceForm, ConfirmDeviceForm
+from .forms import AddDeviceForm, ConfirmDeviceForm, LoginForm
 
 OTP_ERRORS = {"otp_invalid", "otp_throttled"}
+
+
+# Logging in
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login, asking for a one-time code from anyone with an authenticator."""
+
+    form_class = LoginForm
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        if form.device is not None:
+            # The session counts as verified, as after the admin's own OTP login.
+            django_otp.login(self.request, form.device)
+        return response
+
+
+login = sensitive_post_parameters("password", "otp")(LoginView.as_view())
 
 
 # Deciding

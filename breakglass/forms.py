@@ -14,6 +14,8 @@ MAX_MINUTES = 7 * 24 * 60
 class RequestForm(forms.Form):
     """Ask for access to one scope of one target."""
 
+    REASON_MAX_LENGTH = 2000
+
     target = forms.ChoiceField()
     scope = forms.ChoiceField(
         help_text="Only the scopes of the chosen target are accepted."
@@ -22,7 +24,7 @@ class RequestForm(forms.Form):
         label="Duration (minutes)", min_value=1, max_value=MAX_MINUTES, initial=30
     )
     reason = forms.CharField(
-        max_length=2000,
+        max_length=REASON_MAX_LENGTH,
         widget=forms.Textarea(attrs={"rows": 3}),
         help_text="What is broken and what you need to do; approvers read this.",
     )

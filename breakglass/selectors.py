@@ -118,6 +118,46 @@ def awaiting_decision(user):
     )
 
 
+PREVIOUS_USE_SIZE = 10
+
+
+def previous_use(access_request, *, limit=PREVIOUS_USE_SIZE):
+    """Return the requester's other requests, newest first, and how they ended.
+
+    Approvers weigh a request against its requester's earlier break-glass use, so
+    this reads every request of theirs, not only those the viewer could open.
+    """
+    others = (
+        AccessRequest.objects.filter(requester_id=access_request.requester_id)
+        .exclude(pk=access_request.pk)
+        .select_related("target", "scope", "grant")
+        .order_by("-created_at", "-pk")
+    )
+    counts = others.aggregate(
+        total=Count("pk"), granted=Count("pk", filter=Q(grant__issued_at__isnull=False))
+    )
+    return {"requests": list(others[:limit]), **counts}
+
+
+def preview_decision(user, target_name, scope_name):
+    """Return what a request for this scope would need of the user now.
+
+    Raise NotVisible for a target or scope the new request form would not offer,
+    and the policy's own refusals (NotAllowed, Throttled) as they are.
+    """
+    target = Target.objects.filter(
+        name=target_name, is_active=True, policy__isnull=False
+    ).first()
+    scope = (
+        target.scopes.filter(name=scope_name, is_active=True).first()
+        if target is not None
+        else None
+    )
+    if scope is None:
+        raise NotVisible("No such target or scope.")
+    return target, scope, policy.decide(target, scope, user)
+
+
 def approver_emails(access_request):
     """Return the addresses of the approvers a new request waits for."""
     return sorted(

@@ -71,58 +71,104 @@ def visible_request(request_id, user):
         raise Http404("No such request, or you may not see it.") from None
 
 
+LIVE_STATUSES = {Status.PENDING, Status.APPROVED, Status.ACTIVE}
+
+
+def _live_context(user, access_request):
+    """Return what the live part of a request's page shows: its state and grant."""
+    grant = getattr(access_request, "grant", None)
+    approvals = list(access_request.approvals.all())
+    is_requester = access_request.requester_id == user.pk
+    is_active = access_request.status == Status.ACTIVE
+    return {
+        "access_request": access_request,
+        "grant": grant,
+        "approvals": approvals,
+        "approvals_received": sum(a.decision == a.Decision.APPROVED for a in approvals),
+        "is_requester": is_requester,
+        "revocation": selectors.revocation_of(access_request),
+        # Poll while the request may still change without the viewer doing anything.
+        "is_live": access_request.status in LIVE_STATUSES,
+        "shown": _live_state(access_request, grant, approvals),
+        "extend_query": urlencode(
+            {
+                "target": access_request.target.name,
+                "scope": access_request.scope.name,
+                "incident": access_request.incident,
+                "reason": f"Extension of request {access_request.pk}: "
+                f"{access_request.reason}"[: RequestForm.REASON_MAX_LENGTH],
+            }
+        ),
+        "can_end": is_active
+        and grant is not None
+        and grant.end_requested_at is None
+        and services.can_end(user, access_request),
+        "can_cancel": access_request.status == Status.PENDING and is_requester,
+        "can_reveal": is_active
+        and is_requester
+        and grant is not None
+        and grant.revealed_at is None,
+        "can_extend": is_active
+        and is_requester
+        and roles.has_role(user, roles.REQUESTER),
+        "end_form": EndForm(),
+    }
+
+
+def _live_state(access_request, grant, approvals):
+    """Return a short digest of what the live part shows, to skip unchanged polls."""
+    return ":".join(
+        str(part)
+        for part in (
+            access_request.status,
+            len(approvals),
+            bool(grant and grant.end_requested_at),
+            bool(grant and grant.revealed_at),
+        )
+    )
+
+
 def render_detail(request, access_request, *, status=200, error=None, **forms):
     """Render a request's page with the actions open to the viewer.
 
     `forms` replaces the page's empty forms by bound ones, to show their errors.
     """
     user = request.user
-    grant = getattr(access_request, "grant", None)
+    context = _live_context(user, access_request)
     review = getattr(access_request, "review", None)
-    approvals = list(access_request.approvals.all())
-    is_requester = access_request.requester_id == user.pk
+    approvals = context["approvals"]
+    is_requester = context["is_requester"]
     is_pending = access_request.status == Status.PENDING
-    is_active = access_request.status == Status.ACTIVE
     voted = any(a.approver_id == user.pk for a in approvals)
     show_trail = is_requester or selectors.can_read_trail(user)
-    context = {
-        "access_request": access_request,
-        "grant": grant,
-        "approvals": approvals,
-        "approvals_received": sum(a.decision == a.Decision.APPROVED for a in approvals),
-        "approver_groups": [g.name for g in access_request.approver_groups.all()],
-        "decision": explain.describe_decision(access_request.decision),
-        "revocation": selectors.revocation_of(access_request),
-        "is_requester": is_requester,
-        "voted": voted,
-        "can_vote": is_pending
-        and not voted
-        and policy.is_eligible_approver(user, access_request),
-        "can_cancel": is_pending and is_requester,
-        "can_end": is_active
-        and grant is not None
-        and grant.end_requested_at is None
-        and services.can_end(user, access_request),
-        "can_reveal": is_active
-        and is_requester
-        and grant is not None
-        and grant.revealed_at is None,
-        "review": review,
-        "review_overdue": review is not None and review.is_overdue(clock.now()),
-        "can_submit_review": review is not None
-        and is_requester
-        and review.is_waiting_on_requester,
-        "can_decide_review": review is not None
-        and review.status == Review.Status.SUBMITTED
-        and services.can_review(user, access_request),
-        "events": selectors.events(request=access_request.pk) if show_trail else None,
-        "error": error,
-        "vote_form": VoteForm(),
-        "end_form": EndForm(),
-        "review_form": ReviewForm(),
-        "sign_off_form": SignOffForm(),
-        "send_back_form": SendBackForm(),
-    }
+    context.update(
+        {
+            "approver_groups": [g.name for g in access_request.approver_groups.all()],
+            "decision": explain.describe_decision(access_request.decision),
+            "previous_use": selectors.previous_use(access_request),
+            "on_call_now": policy.is_on_call(access_request.requester, clock.now()),
+            "voted": voted,
+            "can_vote": is_pending
+            and not voted
+            and policy.is_eligible_approver(user, access_request),
+            "review": review,
+            "review_overdue": review is not None and review.is_overdue(clock.now()),
+            "can_submit_review": review is not None
+            and is_requester
+            and review.is_waiting_on_requester,
+            "can_decide_review": review is not None
+            and review.status == Review.Status.SUBMITTED
+            and services.can_review(user, access_request),
+            "events": selectors.events(request=access_request.pk)
+            if show_trail
+            else None,
+            "error": error,
+            "vote_form": VoteForm(),
+            "review_form": ReviewForm(),
+            "sign_off_form": SignOffForm(),
+            "send_back_form": SendBackForm(),
+        }
+    )
     context.update((name, form) for name, form in forms.items() if form is not None)
     return render(request, "breakglass/request_detail.html", context, status=status)
 
@@ -169,7 +215,22 @@ def home(request):
         "is_requester": roles.has_role(user, roles.REQUESTER),
         "can_read_trail": selectors.can_read_trail(user),
     }
+    context["is_approver"] = roles.has_role(user, roles.APPROVER)
+    context["shown"] = ",".join(str(r.pk) for r in context["awaiting"])
     return render(request, "breakglass/home.html", context)
+
+
+@login_required
+@require_GET
+@never_cache
+def awaiting(request):
+    """Return the list of requests waiting for the viewer's decision, to poll."""
+    waiting = selectors.awaiting_decision(request.user)
+    shown = ",".join(str(r.pk) for r in waiting)
+    if request.GET.get("shown") == shown:
+        return HttpResponse(status=204)
+    context = {"awaiting": waiting, "shown": shown}
+    return render(request, "breakglass/_awaiting.html", context)
 
 
 # Requesting
@@ -240,7 +301,9 @@ def new_request(request):
             "Only people with the requester role can ask for access."
         )
     offered, refused = _targets_for(request.user)
-    form = RequestForm(request.POST or None, targets=offered)
+    form = RequestForm(
+        request.POST or None, targets=offered, initial=_prefill(request.GET)
+    )
     status = 200
     if request.method == "POST":
         status = 400
@@ -263,6 +326,46 @@ def new_request(request):
     return render(request, "breakglass/request_new.html", context, status=status)
 
 
+PREFILLED = ("target", "scope", "duration_minutes", "incident", "reason")
+
+
+def _prefill(query):
+    """Return the form's first values from the address, as an extension link sets."""
+    initial = {name: query[name] for name in PREFILLED if query.get(name)}
+    if "target" in initial and "scope" in initial:
+        initial["scope"] = f"{initial['target']}:{initial['scope']}"
+    return initial
+
+
+@login_required
+@require_GET
+@never_cache
+def request_preview(request):
+    """Return what the chosen target and scope would need, as a page fragment."""
+    target_name = request.GET.get("target", "")
+    scope_value = request.GET.get("scope", "")
+    scope_target, _, scope_name = scope_value.rpartition(":")
+    context = {"chosen": bool(target_name and scope_name)}
+    if context["chosen"] and scope_target in ("", target_name):
+        try:
+            target, scope, decision = selectors.preview_decision(
+                request.user, target_name, scope_name
+            )
+        except NotVisible:
+            context["refusal"] = "This target or scope is not offered."
+        except BreakglassError as exc:
+            context["refusal"] = exc.detail
+        else:
+            context.update(
+                target=target,
+                scope=scope,
+                decision=explain.describe_decision(decision.as_record()),
+            )
+    else:
+        context["chosen"] = False
+    return render(request, "breakglass/_decision_preview.html", context)
+
+
 # Targets
 
 
@@ -283,6 +386,19 @@ def target_detail(request, name):
 @require_GET
 def request_detail(request, pk):
     return render_detail(request, visible_request(pk, request.user))
+
+
+@login_required
+@require_GET
+@never_cache
+def request_live(request, pk):
+    """Return the live part of a request's page: its state, votes and grant."""
+    access_request = visible_request(pk, request.user)
+    context = _live_context(request.user, access_request)
+    if request.GET.get("shown") == context["shown"]:
+        # Nothing changed: leave the page, and what the viewer is typing, alone.
+        return HttpResponse(status=204)
+    return render(request, "breakglass/_request_live.html", context)
 
 
 @login_required

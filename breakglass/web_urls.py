@@ -7,11 +7,14 @@ from . import views
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("awaiting/", views.awaiting, name="awaiting"),
+    path("login/", approval_views.login, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("requests/", views.history, name="history"),
     path("requests/new/", views.new_request, name="request-new"),
+    path("requests/new/preview/", views.request_preview, name="request-preview"),
     path("requests/<int:pk>/", views.request_detail, name="request-detail"),
+    path("requests/<int:pk>/live/", views.request_live, name="request-live"),
     path("requests/<int:pk>/approve/", approval_views.approve, name="request-approve"),
     path("requests/<int:pk>/deny/", approval_views.deny, name="request-deny"),
     path("requests/<int:pk>/cancel/", views.cancel, name="request-cancel"),

@@ -53,7 +53,7 @@ def test_home_shows_own_requests_and_the_decisions_waiting(pending, bob, dave, o
     assert "New request" not in page.text
 
     page = login(dave).get("/")
-    assert "Waiting for my decision" not in page.text
+    assert "Nothing waits for your decision." in page.text
     assert detail_url(pending) not in page.text
 
     page = login(oscar).get("/")
