@@ -56,9 +56,7 @@ class SchedulerLock:
                 # Unlock before closing: the server ends a closed session a moment
                 # later, and a waiting beat should not miss the lock meanwhile.
                 try:
-                    self.connection.execute(
-                        "SELECT pg_advisory_unlock(%s)", [LOCK_KEY]
-                    )
+                    self.connection.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
                 except psycopg.Error:
                     pass
             self.connection.close()
