@@ -245,6 +245,7 @@ def test_refusals_exit_with_their_codes(
 ):
     as_alice = _logged_in(tmp_path, "alice", alice, api_server)
     as_bob = _with_token(tmp_path, "bob", bob, api_server)
+    as_carol = _with_token(tmp_path, "carol", carol, api_server)
     as_oscar = _with_token(tmp_path, "oscar", oscar, api_server)
 
     own = as_alice.run("approve", str(pending.pk), "--otp", "123456")
@@ -274,8 +275,9 @@ def test_refusals_exit_with_their_codes(
     assert "(invalid)" in too_long.stderr
     assert "duration_minutes" in too_long.stderr
 
-    # Without --otp, the code is asked for.
-    denied = as_bob.run("deny", str(pending.pk), stdin=otp_code(bob) + "\n")
+    # Without --otp, the code is asked for. Carol's: bob's wrong code rests his
+    # device for a second, which a fast run would hit.
+    denied = as_carol.run("deny", str(pending.pk), stdin=otp_code(carol) + "\n")
     assert denied.returncode == 0, denied.stderr
     assert f"#{pending.pk} denied" in denied.stdout
     late = as_alice.run("cancel", str(pending.pk))
@@ -283,7 +285,7 @@ def test_refusals_exit_with_their_codes(
     assert "(wrong_state)" in late.stderr or "(already_decided)" in late.stderr
 
     assert AuditEvent.objects.filter(
-        request=pending, action="request.denied", actor="bob"
+        request=pending, action="request.denied", actor="carol"
     ).exists()
 
 
