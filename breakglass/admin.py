@@ -12,13 +12,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group
+from django.db import transaction
 from django.http import HttpResponseRedirect
 from django_otp.admin import OTPAdminSite
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from . import audit, oncall, roles, services
+from . import audit, oncall, roles, services, users
 from .configfile import ENV_NAME, WEEKDAYS, ConfigError, clean_rotator, clean_rules
 from .errors import BreakglassError
 from .models import (
@@ -75,6 +78,40 @@ class GroupAdmin(BaseGroupAdmin):
 if admin.site.is_registered(Group):
     admin.site.unregister(Group)
 admin.site.register(Group, GroupAdmin)
+
+
+class UserAdmin(BaseUserAdmin):
+    """Every change to who may request, approve or administer is in the trail."""
+
+    def save_model(self, request, obj, form, change):
+        # The groups are saved after the user: remember what they were now.
+        before = type(obj).objects.get(pk=obj.pk) if change else None
+        obj._access_before = users.access_of(before) if before else None
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        user = form.instance
+        users.record_access_change(
+            user, user._access_before, actor=request.user.get_username()
+        )
+
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            users.record_removal(obj, actor=request.user.get_username())
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for user in queryset:
+                users.record_removal(user, actor=request.user.get_username())
+            super().delete_queryset(request, queryset)
+
+
+User = get_user_model()
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+admin.site.register(User, UserAdmin)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -192,6 +192,12 @@ def describe_event(event):
             "with the newest key"
         ),
         "otp.failed": lambda: f"A wrong one-time code from {actor}",
+        "user.created": lambda: (
+            f"{actor} created {data.get('user')} in "
+            f"{', '.join(data.get('groups') or []) or 'no group'}"
+        ),
+        "user.changed": lambda: f"{actor} changed what {data.get('user')} may do",
+        "user.removed": lambda: f"{actor} deleted {data.get('user')}",
         "audit.checkpoint": lambda: f"Trail head at seq {data.get('seq')} signed",
         "audit.chain_broken": lambda: (
             f"The trail is broken at seq {data.get('first_bad')}"

@@ -140,10 +140,10 @@ def create_request(
             "A public key is only for SSH targets.",
             fields={"public_key": ["Only for SSH targets."]},
         )
-    if public_key and not ssh.is_usable_public_key(public_key):
+    problem = ssh.public_key_problem(public_key) if public_key else None
+    if problem:
         raise InvalidInput(
-            "The public key is not an OpenSSH public key.",
-            fields={"public_key": ["Paste one line such as ssh-ed25519 AAAA... ."]},
+            "The public key cannot be certified.", fields={"public_key": [problem]}
         )
 
     with transaction.atomic():

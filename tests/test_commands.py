@@ -186,6 +186,31 @@ def _verify_audit():
     return 0, out.getvalue(), err.getvalue()
 
 
+def test_creating_and_changing_a_user_is_in_the_trail(db):
+    create_user("rita", "--role", "requester", "--group", "oncall")
+    create_user("rita", "--role", "approver", "--group", "sre-leads")
+    create_user("rita", "--role", "approver", "--group", "sre-leads")
+
+    events = list(AuditEvent.objects.order_by("seq"))
+    assert [(e.action, e.actor) for e in events] == [
+        ("user.created", "system"),
+        ("user.changed", "system"),
+    ]
+    assert events[0].data == {
+        "user": "rita",
+        "groups": ["oncall", "requester"],
+        "is_active": True,
+        "is_staff": False,
+        "is_superuser": False,
+    }
+    # Groups that are not roles stay: only the roles are replaced.
+    assert events[1].data == {
+        "user": "rita",
+        "groups_added": ["approver", "sre-leads"],
+        "groups_removed": ["requester"],
+    }
+
+
 def test_verify_audit_exits_0_with_the_count(db):
     for n in range(3):
         audit.record_event("config.applied", actor="ada", data={"n": n})

@@ -1,11 +1,12 @@
 """The admin: targets and policies are edited there; nothing else can be changed."""
 
 import pytest
+from django.contrib.auth.models import Group
 from django.test import Client
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from approvals.models import Approval
-from breakglass.models import AuditEvent, Grant, Policy, Target
+from breakglass.models import Alert, AuditEvent, Grant, Policy, Target
 
 from .web_helpers import approve, issue, login, make_ssh_target, open_request
 
@@ -178,3 +179,56 @@ def test_nobody_can_add_or_edit_an_authenticator_in_the_admin(ada, bob):
     assert response.status_code == 403
     device.refresh_from_db()
     assert device.name == "phone"
+
+
+def _user_form(user, **changes):
+    form = {
+        "username": user.username,
+        "first_name": "",
+        "last_name": "",
+        "email": user.email,
+        "is_active": "on",
+        "groups": [g.pk for g in user.groups.all()],
+        "user_permissions": [],
+        "date_joined_0": "2026-12-01",
+        "date_joined_1": "08:00:00",
+        "initial-date_joined_0": "2026-12-01",
+        "initial-date_joined_1": "08:00:00",
+    }
+    form.update(changes)
+    return {k: v for k, v in form.items() if v is not None}
+
+
+def test_admin_changes_to_who_may_approve_are_in_the_trail(settings, ada, alice):
+    settings.BREAKGLASS_ALERT_EMAILS = ["security@example.com"]
+    approvers = Group.objects.get_or_create(name="sre-leads")[0]
+
+    response = login(ada).post(
+        f"/admin/auth/user/{alice.pk}/change/",
+        _user_form(
+            alice,
+            groups=[*alice.groups.values_list("pk", flat=True), approvers.pk],
+            is_superuser="on",
+        ),
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    event = AuditEvent.objects.get(action="user.changed")
+    assert event.actor == "ada"
+    assert event.data == {
+        "user": "alice",
+        "groups_added": ["sre-leads"],
+        "is_superuser": True,
+    }
+    alert = Alert.objects.get(event=event)
+    assert alert.destination == "security@example.com"
+
+
+def test_an_admin_save_that_changes_no_access_records_nothing(ada, alice):
+    response = login(ada).post(
+        f"/admin/auth/user/{alice.pk}/change/",
+        _user_form(alice, first_name="Alice"),
+    )
+
+    assert response.status_code == 302
+    assert not AuditEvent.objects.filter(action__startswith="user.").exists()

@@ -5,7 +5,7 @@ import secrets
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from django.conf import settings
 
 from .. import clock
@@ -37,19 +37,19 @@ class SshProvider(Provider):
         # Tolerate a server whose clock runs a little behind ours.
         backdate = datetime.timedelta(seconds=settings.BREAKGLASS_SSH_BACKDATE_SECONDS)
         now = clock.now()
-        builder = (
-            serialization.SSHCertificateBuilder()
-            .public_key(subject_key)
-            .type(serialization.SSHCertificateType.USER)
-            .serial(secrets.randbits(63))
-            .key_id(key_id.encode())
-            .valid_principals([p.encode() for p in snapshot["grants"]])
-            .valid_after(int((now - backdate).timestamp()))
-            .valid_before(int(expires_at.timestamp()))
-            .add_extension(b"permit-pty", b"")
-        )
         try:
-            certificate = builder.sign(ca_key)
+            certificate = (
+                serialization.SSHCertificateBuilder()
+                .public_key(subject_key)
+                .type(serialization.SSHCertificateType.USER)
+                .serial(secrets.randbits(63))
+                .key_id(key_id.encode())
+                .valid_principals([p.encode() for p in snapshot["grants"]])
+                .valid_after(int((now - backdate).timestamp()))
+                .valid_before(int(expires_at.timestamp()))
+                .add_extension(b"permit-pty", b"")
+                .sign(ca_key)
+            )
         except (ValueError, TypeError) as exc:
             raise ProviderError(f"the CA could not sign: {exc}") from None
 
@@ -114,19 +114,26 @@ def can_recall(snapshot):
     )
 
 
-def is_usable_public_key(text):
-    """Return whether the text is one OpenSSH public key that can be certified."""
+def public_key_problem(text):
+    """Return why the text is not one OpenSSH public key we certify, or None."""
     text = text.strip()
-    if not text or "\n" in text or "-cert-v01@openssh.com" in text.split()[0]:
-        return False
+    if not text or "\n" in text:
+        return "Paste one line such as ssh-ed25519 AAAA... ."
+    if "-cert-v01@openssh.com" in text.split()[0]:
+        return "Paste the public key, not a certificate."
     try:
         key = serialization.load_ssh_public_key(text.encode())
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        return False
+        return "Not an OpenSSH public key: paste one line such as ssh-ed25519 AAAA... ."
     if isinstance(key, rsa.RSAPublicKey):
-        # Shorter RSA keys are refused by current OpenSSH and breakable.
-        return key.key_size >= 2048
-    return not isinstance(key, serialization.SSHCertificate)
+        if key.key_size < 2048:
+            # Shorter RSA keys are refused by current OpenSSH and breakable.
+            return f"An RSA key must have at least 2048 bits, not {key.key_size}."
+        return None
+    if isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        return None
+    # DSA above all: OpenSSH no longer accepts it, and it cannot be certified.
+    return "Use an Ed25519, ECDSA or RSA key."
 
 
 def _openssh_public(key):

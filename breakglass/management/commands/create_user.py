@@ -11,7 +11,7 @@ from django.db import transaction
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from knox.models import AuthToken
 
-from breakglass import roles
+from breakglass import audit, roles, users
 
 TOTP_DEVICE_NAME = "authenticator"
 
@@ -69,6 +69,7 @@ class Command(BaseCommand):
 
         with transaction.atomic():
             user, created = User.objects.get_or_create(username=username)
+            before = None if created else users.access_of(user)
             if password is not None:
                 try:
                     validate_password(password, user)
@@ -87,6 +88,7 @@ class Command(BaseCommand):
             user.groups.remove(*Group.objects.filter(name__in=role_groups))
             for name in [r for r in wanted if r != roles.ADMIN] + options["group"]:
                 user.groups.add(Group.objects.get_or_create(name=name)[0])
+            users.record_access_change(user, before, actor=audit.SYSTEM)
 
             result = {"username": user.username}
             if options["totp"]:
