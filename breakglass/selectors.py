@@ -121,22 +121,25 @@ def awaiting_decision(user):
 PREVIOUS_USE_SIZE = 10
 
 
-def previous_use(access_request, *, limit=PREVIOUS_USE_SIZE):
+def previous_use(access_request, viewer, *, limit=PREVIOUS_USE_SIZE):
     """Return the requester's other requests, newest first, and how they ended.
 
     Approvers weigh a request against its requester's earlier break-glass use, so
-    this reads every request of theirs, not only those the viewer could open.
+    the counts cover every request of theirs; the rows only those the viewer may
+    open, since a request is visible to its own people alone.
     """
-    others = (
-        AccessRequest.objects.filter(requester_id=access_request.requester_id)
-        .exclude(pk=access_request.pk)
-        .select_related("target", "scope", "grant")
-        .order_by("-created_at", "-pk")
-    )
+    others = AccessRequest.objects.filter(
+        requester_id=access_request.requester_id
+    ).exclude(pk=access_request.pk)
     counts = others.aggregate(
         total=Count("pk"), granted=Count("pk", filter=Q(grant__issued_at__isnull=False))
     )
-    return {"requests": list(others[:limit]), **counts}
+    shown = (
+        others.filter(pk__in=visible_requests(viewer).values("pk"))
+        .select_related("target", "scope", "grant")
+        .order_by("-created_at", "-pk")
+    )
+    return {"requests": list(shown[:limit]), **counts}
 
 
 def preview_decision(user, target_name, scope_name):

@@ -145,7 +145,7 @@ def render_detail(request, access_request, *, status=200, error=None, **forms):
         {
             "approver_groups": [g.name for g in access_request.approver_groups.all()],
             "decision": explain.describe_decision(access_request.decision),
-            "previous_use": selectors.previous_use(access_request),
+            "previous_use": selectors.previous_use(access_request, user),
             "on_call_now": policy.is_on_call(access_request.requester, clock.now()),
             "voted": voted,
             "can_vote": is_pending

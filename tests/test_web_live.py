@@ -209,6 +209,21 @@ def test_the_approver_sees_the_requesters_previous_use(bastion, alice, bob, caro
     assert "On call now no" in text
 
 
+def test_previous_use_counts_all_but_lists_only_what_the_approver_may_open(
+    bastion, alice, bob
+):
+    make_target("ledger-db", "postgres", grants=["x"], approver_groups=["dba-leads"])
+    open_request(alice, target="ledger-db", incident="INC-31")
+    now = open_request(alice, incident="INC-32")
+
+    text = text_of(login(bob).get(f"/requests/{now.pk}/"))
+
+    assert "1 other request, 0 of them granted; none of them is one you may open." in (
+        text
+    )
+    assert "INC-31" not in text and "ledger-db" not in text
+
+
 def test_a_first_request_says_so(pending, bob):
     text = text_of(login(bob).get(f"/requests/{pending.pk}/"))
 
