@@ -322,6 +322,61 @@ def test_a_command_rotator_gets_the_new_secret_on_its_input(appliance):
     assert stored.read_text() == current_secret(target)
 
 
+def test_a_command_rotator_sees_none_of_the_workers_secrets(
+    appliance, tmp_path, monkeypatch, settings
+):
+    target, stored = appliance
+    seen = tmp_path / "environment"
+    script = tmp_path / "show-environment"
+    script.write_text(f"#!/bin/sh\nread -r secret\nenv > {seen}\n")
+    script.chmod(0o700)
+    sealing_key = Fernet.generate_key().decode()
+    settings.BREAKGLASS_SEALING_KEYS = [sealing_key]
+    monkeypatch.setenv("BREAKGLASS_SEALING_KEYS", sealing_key)
+    monkeypatch.setenv("BG_TEST_OTHER_TARGET_DSN", "postgres://admin:hunter2@db/x")
+    seal("appliance", secrets.token_urlsafe(16))
+    monkeypatch.setenv(COMMAND_ENV, str(script))
+
+    assert rotation.rotate_due() == 1
+
+    environment = dict(
+        line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line
+    )
+    assert environment["BREAKGLASS_USERNAME"] == "admin"
+    assert "PATH" in environment
+    for name in (
+        "BREAKGLASS_SEALING_KEYS",
+        "BG_TEST_OTHER_TARGET_DSN",
+        "SECRET_KEY",
+        "DATABASE_URL",
+        COMMAND_ENV,
+    ):
+        assert name not in environment
+    assert sealing_key not in seen.read_text()
+
+
+def test_a_command_that_leaves_a_process_behind_still_rotates(
+    appliance, tmp_path, monkeypatch, settings
+):
+    settings.BREAKGLASS_ROTATOR_TIMEOUT_SECONDS = 2
+    target, stored = appliance
+    # A helper left running in a session of its own, holding the command's
+    # output open: the rotation must not wait for it.
+    script = tmp_path / "set-secret-and-leave"
+    script.write_text(
+        f'#!/bin/sh\nread -r secret\nprintf %s "$secret" > {stored}\nsetsid sleep 8 &\n'
+    )
+    script.chmod(0o700)
+    seal("appliance", secrets.token_urlsafe(16))
+    monkeypatch.setenv(COMMAND_ENV, str(script))
+
+    assert rotation.rotate_due() == 1
+
+    credential = SealedCredential.objects.get(target=target)
+    assert not credential.is_compromised
+    assert stored.read_text() == current_secret(target)
+
+
 @pytest.mark.parametrize(
     "command, error",
     [
