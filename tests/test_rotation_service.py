@@ -194,10 +194,22 @@ def test_a_target_that_refuses_the_new_password_keeps_the_old_one(
     sealed = current_secret(legacy_db)
     access_request = checked_out(alice, bob, carol, target="legacy-db")
     services.reveal_credential(access_request.pk, actor=alice)
-    legacy_db.rotator = {**legacy_db.rotator, "username": "nobody_here"}
-    legacy_db.save(update_fields=["rotator"])
-
-    expire(access_request)
+    renamed = f"{role}_away"
+    with pg_target.connect() as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} RENAME TO {}").format(
+                sql.Identifier(role), sql.Identifier(renamed)
+            )
+        )
+    try:
+        expire(access_request)
+    finally:
+        with pg_target.connect() as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} RENAME TO {}").format(
+                    sql.Identifier(renamed), sql.Identifier(role)
+                )
+            )
 
     credential = SealedCredential.objects.get(target=legacy_db)
     assert credential.is_compromised
@@ -419,6 +431,32 @@ def test_a_failing_command_keeps_the_old_secret_and_is_retried(
     assert not credential.is_compromised
     assert stored.read_text() == current_secret(target) != sealed
     assert last_event("credential.rotated").data["was_compromised"] is True
+
+
+def test_a_rotator_changed_during_a_checkout_does_not_rotate_another_account(
+    appliance, alice, bob, settings
+):
+    settings.BREAKGLASS_ALERT_EMAILS = ["security@example.com"]
+    target, stored = appliance
+    seal("appliance", secrets.token_urlsafe(16))
+    rotation.rotate_due()
+    access_request = checked_out(alice, bob, target="appliance")
+    revealed = services.reveal_credential(access_request.pk, actor=alice)["password"]
+    target.rotator = {**target.rotator, "username": "operator"}
+    target.save(update_fields=["rotator"])
+
+    expire(access_request)
+
+    credential = SealedCredential.objects.get(target=target)
+    assert credential.is_compromised
+    assert stored.read_text() == current_secret(target) == revealed
+    failed = last_event("credential.rotation_failed")
+    assert failed.request_id == access_request.pk
+    assert "rotator was changed" in failed.data["error"]
+    assert Alert.objects.filter(event=failed).exists()
+    assert not AuditEvent.objects.filter(
+        action="credential.rotated", request=access_request
+    ).exists()
 
 
 def test_a_failed_rotation_is_not_tried_again_before_its_backoff(
