@@ -7,7 +7,12 @@ fails leaves the old secret sealed and working, and the credential compromised.
 """
 
 import io
+import os
+import pty
 import secrets
+import select
+import sys
+import termios
 import threading
 from datetime import timedelta
 
@@ -25,6 +30,7 @@ from breakglass.errors import WrongState
 from breakglass.models import AccessRequest, Alert, AuditEvent, SealedCredential
 
 from .conftest import make_user
+from .fixtures.waiting import wait_until
 from .flows import actions, approve, last_event, open_request
 from .sealed_helpers import (
     COMMAND_ENV,
@@ -457,6 +463,36 @@ def test_a_rotator_changed_during_a_checkout_does_not_rotate_another_account(
     assert not AuditEvent.objects.filter(
         action="credential.rotated", request=access_request
     ).exists()
+
+
+def test_a_secret_typed_at_a_terminal_is_not_echoed(appliance, monkeypatch):
+    target, _ = appliance
+    typed = secrets.token_urlsafe(16)
+    terminal, line = pty.openpty()
+    err = io.StringIO()
+
+    def type_at_the_prompt():
+        try:
+            wait_until(lambda: "not shown" in err.getvalue(), timeout=5, what="prompt")
+        finally:
+            # Typed anyway without a prompt, so that the command is not left waiting.
+            os.write(terminal, f"{typed}\n".encode())
+
+    typist = threading.Thread(target=type_at_the_prompt)
+    typist.start()
+    with open(line, closefd=True) as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        call_command("seal_credential", "appliance", stdout=io.StringIO(), stderr=err)
+        typist.join()
+        echo_restored = bool(termios.tcgetattr(stdin.fileno())[3] & termios.ECHO)
+        shown = b""
+        while select.select([terminal], [], [], 0.2)[0]:
+            shown += os.read(terminal, 1024)
+    os.close(terminal)
+
+    assert current_secret(target) == typed
+    assert typed.encode() not in shown
+    assert echo_restored
 
 
 def test_a_failed_rotation_is_not_tried_again_before_its_backoff(
