@@ -177,6 +177,7 @@ def rotate_credential(target_id):
         now = clock.now()
         credential.rotation_attempts += 1
         try:
+            _check_same_account(credential, rotator)
             rotator_for(rotator).rotate(
                 rotator, secret=vault.unseal(credential.pending_secret)
             )
@@ -199,6 +200,24 @@ def _prepare(target_id):
             credential.pending_secret = vault.seal(secrets.token_urlsafe(SECRET_BYTES))
             credential.save(update_fields=["pending_secret"])
     return True
+
+
+def _check_same_account(credential, rotator):
+    """Refuse to rotate another account than the one the last grant handed out.
+
+    Rotating whatever the target names now would report the handed-out secret
+    replaced while it still works.
+    """
+    grant = getattr(credential.last_request, "grant", None)
+    if grant is None:
+        return
+    handed_out = grant.target_snapshot.get("rotator")
+    if handed_out is not None and handed_out != rotator:
+        raise ProviderError(
+            f"the target's rotator was changed after the secret was handed out to "
+            f"request {credential.last_request_id}; restore it, or replace that "
+            "secret by hand and seal a new one"
+        )
 
 
 def _describe(exc):

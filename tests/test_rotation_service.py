@@ -7,7 +7,12 @@ fails leaves the old secret sealed and working, and the credential compromised.
 """
 
 import io
+import os
+import pty
 import secrets
+import select
+import sys
+import termios
 import threading
 from datetime import timedelta
 
@@ -25,6 +30,7 @@ from breakglass.errors import WrongState
 from breakglass.models import AccessRequest, Alert, AuditEvent, SealedCredential
 
 from .conftest import make_user
+from .fixtures.waiting import wait_until
 from .flows import actions, approve, last_event, open_request
 from .sealed_helpers import (
     COMMAND_ENV,
@@ -194,10 +200,22 @@ def test_a_target_that_refuses_the_new_password_keeps_the_old_one(
     sealed = current_secret(legacy_db)
     access_request = checked_out(alice, bob, carol, target="legacy-db")
     services.reveal_credential(access_request.pk, actor=alice)
-    legacy_db.rotator = {**legacy_db.rotator, "username": "nobody_here"}
-    legacy_db.save(update_fields=["rotator"])
-
-    expire(access_request)
+    renamed = f"{role}_away"
+    with pg_target.connect() as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} RENAME TO {}").format(
+                sql.Identifier(role), sql.Identifier(renamed)
+            )
+        )
+    try:
+        expire(access_request)
+    finally:
+        with pg_target.connect() as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} RENAME TO {}").format(
+                    sql.Identifier(renamed), sql.Identifier(role)
+                )
+            )
 
     credential = SealedCredential.objects.get(target=legacy_db)
     assert credential.is_compromised
@@ -322,6 +340,61 @@ def test_a_command_rotator_gets_the_new_secret_on_its_input(appliance):
     assert stored.read_text() == current_secret(target)
 
 
+def test_a_command_rotator_sees_none_of_the_workers_secrets(
+    appliance, tmp_path, monkeypatch, settings
+):
+    target, stored = appliance
+    seen = tmp_path / "environment"
+    script = tmp_path / "show-environment"
+    script.write_text(f"#!/bin/sh\nread -r secret\nenv > {seen}\n")
+    script.chmod(0o700)
+    sealing_key = Fernet.generate_key().decode()
+    settings.BREAKGLASS_SEALING_KEYS = [sealing_key]
+    monkeypatch.setenv("BREAKGLASS_SEALING_KEYS", sealing_key)
+    monkeypatch.setenv("BG_TEST_OTHER_TARGET_DSN", "postgres://admin:hunter2@db/x")
+    seal("appliance", secrets.token_urlsafe(16))
+    monkeypatch.setenv(COMMAND_ENV, str(script))
+
+    assert rotation.rotate_due() == 1
+
+    environment = dict(
+        line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line
+    )
+    assert environment["BREAKGLASS_USERNAME"] == "admin"
+    assert "PATH" in environment
+    for name in (
+        "BREAKGLASS_SEALING_KEYS",
+        "BG_TEST_OTHER_TARGET_DSN",
+        "SECRET_KEY",
+        "DATABASE_URL",
+        COMMAND_ENV,
+    ):
+        assert name not in environment
+    assert sealing_key not in seen.read_text()
+
+
+def test_a_command_that_leaves_a_process_behind_still_rotates(
+    appliance, tmp_path, monkeypatch, settings
+):
+    settings.BREAKGLASS_ROTATOR_TIMEOUT_SECONDS = 2
+    target, stored = appliance
+    # A helper left running in a session of its own, holding the command's
+    # output open: the rotation must not wait for it.
+    script = tmp_path / "set-secret-and-leave"
+    script.write_text(
+        f'#!/bin/sh\nread -r secret\nprintf %s "$secret" > {stored}\nsetsid sleep 8 &\n'
+    )
+    script.chmod(0o700)
+    seal("appliance", secrets.token_urlsafe(16))
+    monkeypatch.setenv(COMMAND_ENV, str(script))
+
+    assert rotation.rotate_due() == 1
+
+    credential = SealedCredential.objects.get(target=target)
+    assert not credential.is_compromised
+    assert stored.read_text() == current_secret(target)
+
+
 @pytest.mark.parametrize(
     "command, error",
     [
@@ -364,6 +437,62 @@ def test_a_failing_command_keeps_the_old_secret_and_is_retried(
     assert not credential.is_compromised
     assert stored.read_text() == current_secret(target) != sealed
     assert last_event("credential.rotated").data["was_compromised"] is True
+
+
+def test_a_rotator_changed_during_a_checkout_does_not_rotate_another_account(
+    appliance, alice, bob, settings
+):
+    settings.BREAKGLASS_ALERT_EMAILS = ["security@example.com"]
+    target, stored = appliance
+    seal("appliance", secrets.token_urlsafe(16))
+    rotation.rotate_due()
+    access_request = checked_out(alice, bob, target="appliance")
+    revealed = services.reveal_credential(access_request.pk, actor=alice)["password"]
+    target.rotator = {**target.rotator, "username": "operator"}
+    target.save(update_fields=["rotator"])
+
+    expire(access_request)
+
+    credential = SealedCredential.objects.get(target=target)
+    assert credential.is_compromised
+    assert stored.read_text() == current_secret(target) == revealed
+    failed = last_event("credential.rotation_failed")
+    assert failed.request_id == access_request.pk
+    assert "rotator was changed" in failed.data["error"]
+    assert Alert.objects.filter(event=failed).exists()
+    assert not AuditEvent.objects.filter(
+        action="credential.rotated", request=access_request
+    ).exists()
+
+
+def test_a_secret_typed_at_a_terminal_is_not_echoed(appliance, monkeypatch):
+    target, _ = appliance
+    typed = secrets.token_urlsafe(16)
+    terminal, line = pty.openpty()
+    err = io.StringIO()
+
+    def type_at_the_prompt():
+        try:
+            wait_until(lambda: "not shown" in err.getvalue(), timeout=5, what="prompt")
+        finally:
+            # Typed anyway without a prompt, so that the command is not left waiting.
+            os.write(terminal, f"{typed}\n".encode())
+
+    typist = threading.Thread(target=type_at_the_prompt)
+    typist.start()
+    with open(line, closefd=True) as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        call_command("seal_credential", "appliance", stdout=io.StringIO(), stderr=err)
+        typist.join()
+        echo_restored = bool(termios.tcgetattr(stdin.fileno())[3] & termios.ECHO)
+        shown = b""
+        while select.select([terminal], [], [], 0.2)[0]:
+            shown += os.read(terminal, 1024)
+    os.close(terminal)
+
+    assert current_secret(target) == typed
+    assert typed.encode() not in shown
+    assert echo_restored
 
 
 def test_a_failed_rotation_is_not_tried_again_before_its_backoff(

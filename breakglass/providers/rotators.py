@@ -28,6 +28,9 @@ from .base import env_value
 logger = logging.getLogger(__name__)
 
 KINDS = ("postgres", "redis", "command")
+# All a rotation command gets from the worker's environment: the rest of it holds
+# the sealing keys, SECRET_KEY, the database URL and other targets' admin DSNs.
+COMMAND_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 
 class PostgresRotator:
@@ -129,14 +132,19 @@ class CommandRotator:
                 f"environment variable {rotator['command_env']} holds no command"
             )
         timeout = settings.BREAKGLASS_ROTATOR_TIMEOUT_SECONDS
-        environment = {**os.environ, "BREAKGLASS_USERNAME": rotator.get("username", "")}
+        environment = {
+            name: os.environ[name] for name in COMMAND_ENV_NAMES if name in os.environ
+        }
+        environment["BREAKGLASS_USERNAME"] = rotator.get("username", "")
         try:
             # Its own session, so that a timeout ends whatever it started too.
+            # Its output is never read: it may echo the secret, and a pipe kept
+            # open by a process that left the session would block the worker.
             process = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 env=environment,
                 start_new_session=True,
             )
@@ -145,7 +153,6 @@ class CommandRotator:
                 f"rotation command could not start: {exc.strerror}"
             ) from None
         try:
-            # Its output is never kept or logged: it may echo the secret.
             process.communicate((secret + "\n").encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(process)
@@ -169,7 +176,7 @@ def _kill_group(process):
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    process.communicate()
+    process.wait()
 
 
 ROTATORS = {
