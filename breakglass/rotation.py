@@ -114,6 +114,12 @@ def check_out(target):
     return credential
 
 
+NO_KEY = (
+    "No key in BREAKGLASS_SEALING_KEYS opens the sealed secret: add back the key "
+    "that sealed it."
+)
+
+
 @sensitive_variables("secret")
 def reveal_secret(target_id):
     """Return the sealed secret for a grant being revealed, and mark it exposed.
@@ -123,7 +129,10 @@ def reveal_secret(target_id):
     credential = _lock(target_id)
     if credential is None or credential.secret is None:
         raise WrongState("There is no sealed secret to reveal.", code="not_sealed")
-    secret = vault.unseal(credential.secret)
+    try:
+        secret = vault.unseal(credential.secret)
+    except vault.InvalidToken:
+        raise WrongState(NO_KEY, code="sealing_key_missing") from None
     credential.exposed = True
     credential.save(update_fields=["exposed"])
     return secret
@@ -223,6 +232,8 @@ def _check_same_account(credential, rotator):
 def _describe(exc):
     if isinstance(exc, ProviderError):
         return str(exc)
+    if isinstance(exc, vault.InvalidToken):
+        return NO_KEY
     return f"unexpected {type(exc).__name__} from the rotator"
 
 

@@ -3,9 +3,10 @@
 import secrets
 
 import pytest
+from cryptography.fernet import Fernet
 
 from breakglass import rotation, services
-from breakglass.models import AccessRequest
+from breakglass.models import AccessRequest, SealedCredential
 
 from .flows import approve
 from .sealed_helpers import current_secret, make_appliance, seal
@@ -56,3 +57,25 @@ def test_a_second_request_is_refused_with_409_checked_out(api, appliance, alice,
     assert second.status_code == 409
     assert second.data["code"] == "checked_out"
     assert f"request {first.data['id']}" in second.data["detail"]
+
+
+def test_a_secret_no_configured_key_opens_is_a_409_and_stays_unrevealed(
+    api, appliance, alice, bob
+):
+    created = api(alice).post("/api/v1/requests/", REQUEST, format="json")
+    access_request = AccessRequest.objects.get(pk=created.data["id"])
+    approve(access_request, bob)
+    services.issue_grant(access_request.grant.pk)
+    url = f"/api/v1/requests/{access_request.pk}/credential/"
+    # As if sealed under a key since dropped from BREAKGLASS_SEALING_KEYS.
+    sealed = SealedCredential.objects.filter(target=appliance)
+    kept = sealed.get().secret
+    sealed.update(secret=Fernet(Fernet.generate_key()).encrypt(b"lost"))
+
+    refused = api(alice).post(url)
+
+    assert refused.status_code == 409
+    assert refused.data["code"] == "sealing_key_missing"
+    assert "BREAKGLASS_SEALING_KEYS" in refused.data["detail"]
+    sealed.update(secret=kept)
+    assert api(alice).post(url).status_code == 200
