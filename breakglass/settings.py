@@ -210,6 +210,12 @@ SPECTACULAR_SETTINGS = {
         "StatusEnum": "breakglass.models.AccessRequest.Status",
         "ReviewStatusEnum": "breakglass.models.Review.Status",
     },
+    # Blank text is refused on input: say so, so that clients and fuzzers know.
+    "ENFORCE_NON_BLANK_FIELDS": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "breakglass.api.schema.empty_filters_are_absent",
+    ],
 }
 
 # Celery: an embedded broker on disk unless CELERY_BROKER_URL names a real one.

@@ -46,8 +46,8 @@ class RevokeSerializer(serializers.Serializer):
 class ApprovalSerializer(serializers.Serializer):
     approver = serializers.CharField(source="approver.username")
     decision = serializers.CharField()
-    comment = serializers.CharField()
-    otp_device = serializers.CharField()
+    comment = serializers.CharField(allow_blank=True)
+    otp_device = serializers.CharField(allow_blank=True)
     at = serializers.DateTimeField()
 
 
@@ -90,8 +90,9 @@ class RevocationSerializer(serializers.Serializer):
         help_text="Whether ending the grant early cuts the credential at once."
     )
     note = serializers.CharField(
+        allow_blank=True,
         help_text="In plain words; for an SSH target without a revocation list, "
-        "until when the certificate stays valid."
+        "until when the certificate stays valid.",
     )
 
 
