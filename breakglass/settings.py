@@ -1,6 +1,7 @@
 """Settings for Breakglass, read from the environment (see CONTRACT.md, section 1)."""
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -104,6 +105,7 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_totp",
     "breakglass",
     "approvals",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -116,6 +118,8 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so that it answers for a login refused anywhere above it.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "breakglass.urls"
@@ -170,6 +174,32 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
+
+AUTHENTICATION_BACKENDS = [
+    # First, so that a locked-out login is refused before its password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Password guessing, on the login pages and wherever a password is asked again:
+# after this many wrong passwords for one username from one address, that pair is
+# refused until the lockout has passed. Keyed on both, so that nobody can lock a
+# user out from everywhere by guessing from one address.
+AXES_FAILURE_LIMIT = _setting("BREAKGLASS_LOGIN_FAILURE_LIMIT", env.int, 5)
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured("BREAKGLASS_LOGIN_FAILURE_LIMIT must be at least 1")
+_lockout_minutes = _setting("BREAKGLASS_LOGIN_LOCKOUT_MINUTES", env.float, 15.0)
+if not 0 < _lockout_minutes <= 24 * 60:
+    raise ImproperlyConfigured(
+        "BREAKGLASS_LOGIN_LOCKOUT_MINUTES must be a number of minutes above 0 "
+        "and at most a day"
+    )
+AXES_COOLOFF_TIME = timedelta(minutes=_lockout_minutes)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "breakglass.lockout.locked_out"
+# The connecting address only: a forwarded-for header is whatever the client says.
+AXES_CLIENT_IP_CALLABLE = "breakglass.lockout.client_address"
+
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
