@@ -8,9 +8,24 @@ is approved by the SRE leads (Bob) and Eve's by the payments leads (Dave).
 """
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+import pytest
 from django.contrib.admin import site as admin_site
+from django.contrib.auth.models import User
+from django.db.models import Max
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
+from django_otp.plugins.otp_totp.models import TOTPDevice
+from knox.models import AuthToken
+from rest_framework.test import APIClient
+
+from breakglass import oncall, roles, services
+from breakglass.models import AuditEvent, OnCallShift
+
+from .conftest import make_user, otp_code
+from .flows import approve, make_ssh_ca, make_ssh_target, open_request
+from .web_helpers import login
 
 CALLERS = ("anonymous", "alice", "bob", "dave", "cora", "ada", "oscar")
 
@@ -377,3 +392,128 @@ def resolver_patterns():
 
     walk(get_resolver().url_patterns, "")
     return found
+
+
+# Calling them
+
+
+@pytest.fixture
+def world(db, tmp_path, monkeypatch, alice, bob, carol, dave, cora, ada, oscar):
+    eve = make_user("eve", roles.REQUESTER, groups=["oncall"])
+    pat = make_user("pat", roles.APPROVER, groups=["payments-leads"], totp=True)
+    make_ssh_ca(tmp_path, monkeypatch)
+    make_ssh_target("bastion", approvals=1)
+    make_ssh_target("vault", approvals=1, approver_groups=("payments-leads",))
+    return {
+        "own": open_request(alice, target="bastion", incident="INC-1"),
+        "other": open_request(eve, target="vault", incident="INC-2"),
+        "approvers": {"bastion": carol, "vault": pat},
+    }
+
+
+def _bring_to(access_request, state, approver):
+    if state == "pending":
+        return access_request
+    approve(access_request, approver)
+    access_request.refresh_from_db()
+    services.issue_grant(access_request.grant.pk)
+    if state in ("ended", "submitted"):
+        requester = access_request.requester
+        services.request_end(access_request.pk, actor=requester, reason="fixed")
+        services.end_grant(access_request.grant.pk)
+    if state == "submitted":
+        services.submit_review(
+            access_request.pk, actor=access_request.requester, summary="Cleared."
+        )
+    access_request.refresh_from_db()
+    return access_request
+
+
+def body_for(name, user):
+    has_device = user is not None and TOTPDevice.objects.filter(user=user).exists()
+    code = otp_code(user) if has_device else "123456"
+    bodies = {
+        "": {},
+        "new_request": {
+            "target": "bastion",
+            "scope": "read",
+            "duration_minutes": 30,
+            "reason": "disk full",
+            "incident": "INC-9",
+        },
+        "new_request_form": {
+            "target": "bastion",
+            "scope": "bastion:read",
+            "duration_minutes": 30,
+            "reason": "disk full",
+            "incident": "INC-9",
+        },
+        "vote": {"otp": code, "comment": ""},
+        "end": {"reason": "done"},
+        "review": {"summary": "Cleared the queue."},
+        "sign_off": {"comment": ""},
+        "send_back": {"comment": "Say which tables."},
+        "add_device": {
+            "name": "tablet",
+            "password": f"pw-{user.username}" if user else "",
+            **({"current_code": code} if has_device else {}),
+        },
+        "confirm_device": {"code": "123456"},
+        "shift": {
+            "user": "alice",
+            "starts_at": "2030-01-01T00:00:00Z",
+            "ends_at": "2030-01-02T00:00:00Z",
+        },
+    }
+    return bodies[name]
+
+
+def _shift():
+    ada = User.objects.get(username="ada")
+    return oncall.add_oncall_shift(
+        user=ada,
+        starts_at=datetime(2030, 2, 1, tzinfo=UTC),
+        ends_at=datetime(2030, 2, 1, 8, tzinfo=UTC),
+        actor=ada,
+        source=OnCallShift.Source.API,
+    )
+
+
+def client_for(call, user):
+    if call.kind == API:
+        client = APIClient()
+        if user is not None:
+            _, token = AuthToken.objects.create(user=user, expiry=None)
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+        return client
+    return login(user) if user is not None else Client()
+
+
+def prepare(call, world, which):
+    """Bring the request to the call's state; return the address to call."""
+    access_request = _bring_to(
+        world[which], call.state, world["approvers"][world[which].target.name]
+    )
+    shift = _shift() if "{shift}" in call.path else None
+    path = call.path.format(
+        pk=access_request.pk,
+        shift=shift and shift.pk,
+        incident=access_request.incident,
+    )
+    return path
+
+
+def send(call, user, path, *, client=None, **extra):
+    """Make the call as the user, with their usual client unless one is given."""
+    client = client or client_for(call, user)
+    data = body_for(call.body, user)
+    method = getattr(client, call.method.lower())
+    if call.method == "GET":
+        return method(path, call.query, **extra)
+    if call.kind == API:
+        return method(path, data, format="json", **extra)
+    return method(path, data, **extra)
+
+
+def last_seq():
+    return AuditEvent.objects.aggregate(last=Max("seq"))["last"]
