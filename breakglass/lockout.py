@@ -1,8 +1,23 @@
 """How a login refused for too many wrong passwords is answered (django-axes)."""
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
 from django.shortcuts import render
+
+
+def attempted_username(request, credentials=None):
+    """Return the username a login attempt names, as long as a username can be.
+
+    The login forms pass any length on to authentication; a longer name is no
+    user's, and cut to the longest one a user may have it still counts.
+    """
+    field = get_user_model().USERNAME_FIELD
+    data = credentials or getattr(request, "data", request.POST)
+    username = data.get(field)
+    if not isinstance(username, str):
+        return None
+    return username[: get_user_model()._meta.get_field(field).max_length]
 
 
 def client_address(request):

@@ -197,6 +197,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=_lockout_minutes)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "breakglass.lockout.locked_out"
+AXES_USERNAME_CALLABLE = "breakglass.lockout.attempted_username"
 # The connecting address only: a forwarded-for header is whatever the client says.
 AXES_CLIENT_IP_CALLABLE = "breakglass.lockout.client_address"
 
@@ -222,7 +223,7 @@ X_FRAME_OPTIONS = "DENY"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "knox.auth.TokenAuthentication",
+        "breakglass.api.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
