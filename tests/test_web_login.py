@@ -13,6 +13,7 @@ import time_machine
 from django.test import Client
 from django.utils import timezone
 
+from .conftest import otp_code
 from .web_helpers import login
 
 ATTACKER = "203.0.113.7"
@@ -176,3 +177,29 @@ def test_the_right_password_still_adds_an_authenticator(erin):
 
     assert response.status_code == 302
     assert erin.totpdevice_set.get().confirmed is False
+
+
+# Guessing the code that confirms a decision
+
+
+def test_guessing_approval_codes_on_the_web_is_throttled(
+    db, tmp_path, monkeypatch, alice, bob
+):
+    from .flows import actions, make_ssh_ca, make_ssh_target, open_request
+
+    make_ssh_ca(tmp_path, monkeypatch)
+    make_ssh_target()
+    pending = open_request(alice)
+    client = login(bob)
+    wrong = otp_code(bob, offset_steps=20)
+
+    first = client.post(f"/requests/{pending.pk}/approve/", {"otp": wrong})
+    second = client.post(f"/requests/{pending.pk}/approve/", {"otp": wrong})
+
+    assert first.status_code == 403
+    assert second.status_code == 429
+    assert int(second["Retry-After"]) >= 1
+    assert "Too many wrong codes" in second.text
+    pending.refresh_from_db()
+    assert pending.status == "pending"
+    assert actions(pending) == ["request.created", "otp.failed", "otp.failed"]
