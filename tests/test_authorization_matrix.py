@@ -16,6 +16,7 @@ from .routes import (  # noqa: F401 - world is a fixture
     CALLERS,
     LOGIN,
     ROUTES,
+    client_for,
     last_seq,
     prepare,
     resolver_patterns,
@@ -76,3 +77,35 @@ def test_the_matrix(world, call, caller, which, expected):  # noqa: F811
     if expected in (LOGIN, ADMIN_LOGIN) or expected >= 400:
         # A refusal changes nothing: the trail has no event it did not have.
         assert last_seq() == seq_before, cell
+
+
+def _other_methods():
+    by_pattern = {}
+    for call in ROUTES:
+        by_pattern.setdefault(call.pattern, []).append(call)
+    cases = []
+    for pattern, calls in by_pattern.items():
+        if pattern in SPECIAL_METHODS:
+            continue
+        methods = {c.method for c in calls}
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            if method not in methods:
+                cases.append(pytest.param(calls[0], method, id=f"{method} {pattern}"))
+    return cases
+
+
+# Addresses that take more methods than the table calls, or answer any of them.
+SPECIAL_METHODS = {"login/", "admin/", "api/v1/^(?P<path>.*/)$"}
+
+
+@pytest.mark.parametrize("call, method", _other_methods())
+def test_other_methods_are_not_allowed(world, call, method):  # noqa: F811
+    ada = User.objects.get(username="ada")
+    path = prepare(call, world, "own")
+    client = client_for(call, ada)
+    before = last_seq()
+
+    response = getattr(client, method.lower())(path)
+
+    assert response.status_code == 405, response.content[:300]
+    assert last_seq() == before
