@@ -344,3 +344,62 @@ def _end(pk):
     from breakglass import services
 
     services.end_grant(AccessRequest.objects.get(pk=pk).grant.pk)
+
+
+@pytest.mark.parametrize(
+    "state, who, action, data, form, field",
+    [
+        (
+            "pending",
+            "bob",
+            "approve",
+            {"otp": "123456", "comment": NUL},
+            "vote_form",
+            "comment",
+        ),
+        ("pending", "bob", "deny", {"otp": NUL}, "vote_form", "otp"),
+        ("active", "alice", "end", {"reason": NUL}, "end_form", "reason"),
+        ("active", "alice", "end", {"reason": "x" * 2001}, "end_form", "reason"),
+        ("ended", "alice", "review", {"summary": NUL}, "review_form", "summary"),
+        (
+            "submitted",
+            "cora",
+            "review/sign-off",
+            {"comment": NUL},
+            "sign_off_form",
+            "comment",
+        ),
+        (
+            "submitted",
+            "cora",
+            "review/send-back",
+            {"comment": NUL},
+            "send_back_form",
+            "comment",
+        ),
+    ],
+)
+def test_a_web_decision_with_a_nul_or_too_long_field_shows_it_beside_the_field(
+    api, bastion, alice, bob, cora, state, who, action, data, form, field
+):
+    pk = _create(api, alice, incident="INC-1").json()["id"]
+    if state != "pending":
+        api(bob).post(
+            f"/api/v1/requests/{pk}/approve/", {"otp": _code(bob)}, format="json"
+        )
+        _issue(pk)
+    if state in ("ended", "submitted"):
+        api(alice).post(f"/api/v1/requests/{pk}/revoke/", {}, format="json")
+        _end(pk)
+    if state == "submitted":
+        api(alice).post(
+            f"/api/v1/requests/{pk}/review/", {"summary": "Done."}, format="json"
+        )
+    user = {"alice": alice, "bob": bob, "cora": cora}[who]
+    before = AuditEvent.objects.count()
+
+    page = login(user).post(f"/requests/{pk}/{action}/", data)
+
+    assert page.status_code == 400
+    assert list(page.context[form].errors) == [field]
+    assert AuditEvent.objects.count() == before
