@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, settings
 from knox.models import AuthToken
 from schemathesis.checks import positive_data_acceptance
 
+from breakglass.models import AccessRequest, Target
+
 from .flows import approve, issued_request, make_ssh_ca, make_ssh_target, open_request
 
 MAX_EXAMPLES = 12
@@ -29,6 +31,10 @@ def app(db, tmp_path, monkeypatch, alice, bob, carol, cora, ada):
     open_request(alice, reason="'; DROP TABLE breakglass_accessrequest; --")
     approve(open_request(alice, incident="INC-7"), bob)
     issued_request(alice, carol, incident="INC-8")
+    # Environment is optional free text: an empty one is still a valid answer.
+    make_ssh_target("scratch", approvals=1)
+    Target.objects.filter(name="scratch").update(environment="")
+    open_request(alice, target="scratch", incident="INC-9")
 
     # As Django's test client does: the test's transaction is the only connection,
     # and the handler would close it at the end of every request.
@@ -68,3 +74,13 @@ def test_no_answer_breaks_the_document(case, app, callers):
         case.call_and_validate(
             headers=headers, app=app, excluded_checks=[positive_data_acceptance]
         )
+
+
+def test_a_request_on_a_target_without_environment_matches_the_document(app, callers):
+    found = AccessRequest.objects.get(target__name="scratch")
+    operation = schema["/api/v1/requests/{id}/"]["GET"]
+    case = operation.Case(path_parameters={"id": found.pk})
+
+    response = case.call_and_validate(headers=callers[0], app=app)
+
+    assert response.json()["environment"] == ""

@@ -52,7 +52,7 @@ class ApprovalSerializer(serializers.Serializer):
 
 
 class EvaluatedSerializer(serializers.Serializer):
-    environment = serializers.CharField()
+    environment = serializers.CharField(allow_blank=True)
     scope = serializers.CharField()
     timezone = serializers.CharField()
     local_time = serializers.CharField(help_text="ISO 8601, in the policy's zone.")
@@ -206,7 +206,7 @@ class ReviewQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
 class RequestSerializer(serializers.ModelSerializer):
     target = serializers.CharField(source="target.name")
     scope = serializers.CharField(source="scope.name")
-    environment = serializers.CharField(source="target.environment")
+    environment = serializers.CharField(source="target.environment", allow_blank=True)
     kind = serializers.CharField(source="target.kind")
     requester = serializers.CharField(source="requester.username")
     approvals = ApprovalSerializer(many=True)
@@ -465,7 +465,7 @@ class FailingRevocationSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField()
     end_requested_at = serializers.DateTimeField(allow_null=True)
     attempts = serializers.IntegerField()
-    last_error = serializers.CharField()
+    last_error = serializers.CharField(allow_blank=True)
     next_attempt_at = serializers.DateTimeField(
         allow_null=True, help_text="Null: the next sweep tries it."
     )
