@@ -198,6 +198,14 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "breakglass.lockout.locked_out"
 AXES_USERNAME_CALLABLE = "breakglass.lockout.attempted_username"
+# A failed attempt keeps the form it came with: never its one-time codes.
+AXES_SENSITIVE_PARAMETERS = [
+    "username",
+    "ip_address",
+    "current_code",
+    "otp_token",
+    "csrfmiddlewaretoken",
+]
 # The connecting address only: a forwarded-for header is whatever the client says.
 AXES_CLIENT_IP_CALLABLE = "breakglass.lockout.client_address"
 

@@ -203,3 +203,26 @@ def test_guessing_approval_codes_on_the_web_is_throttled(
     pending.refresh_from_db()
     assert pending.status == "pending"
     assert actions(pending) == ["request.created", "otp.failed", "otp.failed"]
+
+
+def test_a_failed_attempt_keeps_no_password_or_code(bob):
+    from axes.models import AccessAttempt
+
+    code = otp_code(bob)
+    response = login(bob).post(
+        "/account/otp/add/",
+        {"name": "tablet", "password": "pw-bob-guess", "current_code": code},
+        REMOTE_ADDR=ATTACKER,
+    )
+    admin_code = otp_code(bob, offset_steps=1)
+    Client(REMOTE_ADDR=ATTACKER).post(
+        "/admin/login/",
+        {"username": "bob", "password": "pw-bob-other-guess", "otp_token": admin_code},
+    )
+
+    assert response.status_code == 400
+    kept = " ".join(AccessAttempt.objects.values_list("post_data", flat=True))
+    assert "tablet" in kept
+    assert kept.count("otp_token") == 1
+    for secret in ("pw-bob-guess", "pw-bob-other-guess", code, admin_code):
+        assert secret not in kept
