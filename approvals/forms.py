@@ -1,6 +1,8 @@
 """Web forms for enrolling the TOTP devices that confirm decisions."""
 
 from django import forms
+from django.conf import settings
+from django.contrib.auth import authenticate
 from django.contrib.auth.forms import AuthenticationForm
 from django.views.decorators.debug import sensitive_variables
 
@@ -37,9 +39,10 @@ class AddDeviceForm(forms.Form):
         ),
     )
 
-    def __init__(self, *args, user, **kwargs):
+    def __init__(self, *args, user, request=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
+        self.request = request
         # With a second factor already, a password alone must not add another:
         # a stolen password would otherwise be a stolen second factor too.
         self.needs_current_code = otp.has_device(user)
@@ -48,7 +51,17 @@ class AddDeviceForm(forms.Form):
 
     def clean_password(self):
         password = self.cleaned_data["password"]
-        if not self.user.check_password(password):
+        # Through the authentication backends, so that guessing the password here
+        # is counted and locked out as on the login page.
+        found = authenticate(
+            self.request, username=self.user.get_username(), password=password
+        )
+        if getattr(self.request, "axes_locked_out", False):
+            minutes = max(1, round(settings.AXES_COOLOFF_TIME.total_seconds() / 60))
+            raise forms.ValidationError(
+                f"Too many wrong passwords; try again in {minutes} minutes."
+            )
+        if found is None or found.pk != self.user.pk:
             raise forms.ValidationError("The password is not correct.")
         return password
 

@@ -101,7 +101,7 @@ def otp_devices(request):
 @never_cache
 @sensitive_post_parameters("password", "current_code")
 def otp_add(request):
-    form = AddDeviceForm(request.POST, user=request.user)
+    form = AddDeviceForm(request.POST, user=request.user, request=request)
     if not form.is_valid():
         return _render_devices(request, add_form=form, status=400)
     devices.start_enrolment(request.user, name=form.cleaned_data["name"])

@@ -2,6 +2,7 @@
 
 import re
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -105,6 +106,7 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_totp",
     "breakglass",
     "approvals",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -118,6 +120,8 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so that it answers for a login refused anywhere above it.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "breakglass.urls"
@@ -172,6 +176,43 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
+
+AUTHENTICATION_BACKENDS = [
+    # First, so that a locked-out login is refused before its password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Password guessing, on the login pages and wherever a password is asked again:
+# after this many wrong passwords for one username from one address, that pair is
+# refused until the lockout has passed. Keyed on both, so that nobody can lock a
+# user out from everywhere by guessing from one address.
+AXES_FAILURE_LIMIT = _setting("BREAKGLASS_LOGIN_FAILURE_LIMIT", env.int, 5)
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured("BREAKGLASS_LOGIN_FAILURE_LIMIT must be at least 1")
+_lockout_minutes = _setting("BREAKGLASS_LOGIN_LOCKOUT_MINUTES", env.float, 15.0)
+if not 0 < _lockout_minutes <= 24 * 60:
+    raise ImproperlyConfigured(
+        "BREAKGLASS_LOGIN_LOCKOUT_MINUTES must be a number of minutes above 0 "
+        "and at most a day"
+    )
+AXES_COOLOFF_TIME = timedelta(minutes=_lockout_minutes)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "breakglass.lockout.locked_out"
+AXES_USERNAME_CALLABLE = "breakglass.lockout.attempted_username"
+# A failed attempt keeps the form it came with: never its one-time codes.
+AXES_SENSITIVE_PARAMETERS = [
+    "username",
+    "ip_address",
+    "current_code",
+    "otp",
+    "code",
+    "otp_token",
+    "csrfmiddlewaretoken",
+]
+# The connecting address only: a forwarded-for header is whatever the client says.
+AXES_CLIENT_IP_CALLABLE = "breakglass.lockout.client_address"
+
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
@@ -227,7 +268,7 @@ CSRF_TRUSTED_ORIGINS = _url_list("CSRF_TRUSTED_ORIGINS")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "knox.auth.TokenAuthentication",
+        "breakglass.api.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -245,6 +286,12 @@ SPECTACULAR_SETTINGS = {
         "StatusEnum": "breakglass.models.AccessRequest.Status",
         "ReviewStatusEnum": "breakglass.models.Review.Status",
     },
+    # Blank text is refused on input: say so, so that clients and fuzzers know.
+    "ENFORCE_NON_BLANK_FIELDS": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "breakglass.api.schema.empty_filters_are_absent",
+    ],
 }
 
 # Celery: an embedded broker on disk unless CELERY_BROKER_URL names a real one.

@@ -661,6 +661,9 @@ def _trail_address(query):
 @require_GET
 def incident(request, incident):
     _require_trail_reader(request.user)
+    if "\x00" in incident:
+        # No incident can hold a NUL byte, and PostgreSQL cannot compare one.
+        raise Http404("No request or event names this incident.")
     requests = (
         selectors.visible_requests(request.user)
         .filter(incident=incident)

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.http import HttpRequest
 from rest_framework.test import APIClient
 
 from breakglass import services
@@ -116,7 +117,7 @@ def test_every_endpoint_needs_authentication(db, method, path):
 
 def test_session_authentication_enforces_csrf(alice, bastion):
     client = APIClient(enforce_csrf_checks=True)
-    assert client.login(username="alice", password="pw-alice")
+    assert client.login(request=HttpRequest(), username="alice", password="pw-alice")
 
     assert client.get("/api/v1/requests/").status_code == 200
     response = client.post("/api/v1/requests/", VALID, format="json")

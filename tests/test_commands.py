@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.http import HttpRequest
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
@@ -116,7 +117,7 @@ def test_password_from_the_first_line_of_stdin(db, client, monkeypatch):
 
     rita = User.objects.get(username="rita")
     assert rita.check_password(PASSWORD)
-    assert client.login(username="rita", password=PASSWORD)
+    assert client.login(request=HttpRequest(), username="rita", password=PASSWORD)
 
 
 @pytest.mark.parametrize("stdin", ["", "\n", "short\n", "password\n"])

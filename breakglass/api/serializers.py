@@ -46,13 +46,13 @@ class RevokeSerializer(serializers.Serializer):
 class ApprovalSerializer(serializers.Serializer):
     approver = serializers.CharField(source="approver.username")
     decision = serializers.CharField()
-    comment = serializers.CharField()
-    otp_device = serializers.CharField()
+    comment = serializers.CharField(allow_blank=True)
+    otp_device = serializers.CharField(allow_blank=True)
     at = serializers.DateTimeField()
 
 
 class EvaluatedSerializer(serializers.Serializer):
-    environment = serializers.CharField()
+    environment = serializers.CharField(allow_blank=True)
     scope = serializers.CharField()
     timezone = serializers.CharField()
     local_time = serializers.CharField(help_text="ISO 8601, in the policy's zone.")
@@ -90,8 +90,9 @@ class RevocationSerializer(serializers.Serializer):
         help_text="Whether ending the grant early cuts the credential at once."
     )
     note = serializers.CharField(
+        allow_blank=True,
         help_text="In plain words; for an SSH target without a revocation list, "
-        "until when the certificate stays valid."
+        "until when the certificate stays valid.",
     )
 
 
@@ -205,7 +206,7 @@ class ReviewQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
 class RequestSerializer(serializers.ModelSerializer):
     target = serializers.CharField(source="target.name")
     scope = serializers.CharField(source="scope.name")
-    environment = serializers.CharField(source="target.environment")
+    environment = serializers.CharField(source="target.environment", allow_blank=True)
     kind = serializers.CharField(source="target.kind")
     requester = serializers.CharField(source="requester.username")
     approvals = ApprovalSerializer(many=True)
@@ -464,7 +465,7 @@ class FailingRevocationSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField()
     end_requested_at = serializers.DateTimeField(allow_null=True)
     attempts = serializers.IntegerField()
-    last_error = serializers.CharField()
+    last_error = serializers.CharField(allow_blank=True)
     next_attempt_at = serializers.DateTimeField(
         allow_null=True, help_text="Null: the next sweep tries it."
     )

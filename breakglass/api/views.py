@@ -242,7 +242,7 @@ class ReviewListView(APIView):
 class AuditListView(APIView):
     @extend_schema(
         parameters=[AuditQuerySerializer],
-        responses={200: EventSerializer(many=True), 403: ERROR},
+        responses={200: EventSerializer(many=True), 400: ERROR, 403: ERROR},
     )
     def get(self, request):
         _require_trail_reader(request.user)
