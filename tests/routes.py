@@ -95,6 +95,10 @@ ROUTES = [
     Call("login/", "GET", "/login/", _everyone(200)),
     Call("logout/", "POST", "/logout/", _everyone(302)),
     Call("requests/", "GET", "/requests/", _web_page()),
+    Call("awaiting/", "GET", "/awaiting/", _web_page()),
+    Call("requests/new/preview/", "GET", "/requests/new/preview/", _web_page()),
+    Call(R + "live/", "GET", "/requests/{pk}/live/", _on_requests(200, LOGIN)),
+    Call("targets/<slug:name>/", "GET", "/targets/bastion/", _web_page()),
     Call(
         "requests/new/",
         "GET",
@@ -221,6 +225,11 @@ ROUTES = [
         {**_everyone(302), "anonymous": LOGIN},
     ),
     Call("admin/", "GET", "/admin/", {**_everyone(ADMIN_LOGIN), "ada": 200}),
+    # Probes, for load balancers and Prometheus: no login. No worker has sent a
+    # heartbeat here, so the node is not ready.
+    Call("healthz", "GET", "/healthz", _everyone(200)),
+    Call("readyz", "GET", "/readyz", _everyone(503)),
+    Call("metrics", "GET", "/metrics", _everyone(200)),
     # The API
     Call(A + "schema/", "GET", "/api/v1/schema/", _everyone(200)),
     Call(A + "requests/", "GET", "/api/v1/requests/", _api(), kind=API),

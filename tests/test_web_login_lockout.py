@@ -20,9 +20,10 @@ ATTACKER = "203.0.113.7"
 OFFICE = "198.51.100.20"
 
 
-def _log_in(username, password, *, address=ATTACKER, path="/login/"):
+def _log_in(username, password, *, address=ATTACKER, path="/login/", otp=""):
     client = Client(REMOTE_ADDR=address)
-    response = client.post(path, {"username": username, "password": password})
+    form = {"username": username, "password": password, "otp": otp}
+    response = client.post(path, form)
     return client, response
 
 
@@ -72,7 +73,8 @@ def test_a_lockout_is_neither_global_nor_for_every_user(alice, bob):
     _guess("alice", 5)
 
     elsewhere, from_the_office = _log_in("alice", "pw-alice", address=OFFICE)
-    bob_client, bob_response = _log_in("bob", "pw-bob")
+    # Bob has an authenticator: the login asks for its code too.
+    bob_client, bob_response = _log_in("bob", "pw-bob", otp=otp_code(bob))
 
     assert from_the_office.status_code == 302
     assert _logged_in_as(elsewhere)
