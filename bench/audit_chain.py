@@ -11,6 +11,7 @@ Prints the figures and the machine's core count.
 
 import argparse
 import hashlib
+import logging
 import os
 import sys
 import threading
@@ -29,6 +30,8 @@ import django  # noqa: E402
 import psycopg  # noqa: E402
 
 django.setup()
+# One log line per event is for operators, not for a run of a million events.
+logging.getLogger("breakglass.audit").setLevel(logging.WARNING)
 
 from django.core.management import call_command  # noqa: E402
 from django.db import close_old_connections, connection  # noqa: E402
