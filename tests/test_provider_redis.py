@@ -3,6 +3,7 @@
 import os
 import secrets
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -26,11 +27,15 @@ def _snapshot(*rules):
     }
 
 
+REDIS_URL = urlsplit(
+    os.environ.get("BREAKGLASS_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+)
+
+
 @pytest.fixture
 def admin_url(monkeypatch):
-    url = os.environ.get("BREAKGLASS_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
-    monkeypatch.setenv(ENV, url)
-    return url
+    monkeypatch.setenv(ENV, REDIS_URL.geturl())
+    return REDIS_URL.geturl()
 
 
 @pytest.fixture
@@ -60,7 +65,7 @@ def _login(credential, password=None):
     client = redis.Redis(
         host=credential["host"],
         port=credential["port"],
-        db=14,
+        db=int(REDIS_URL.path.strip("/") or 0),
         username=credential["username"],
         password=password or credential["password"],
         socket_timeout=5,
@@ -81,7 +86,10 @@ def test_issue_creates_an_acl_user_with_the_scope_rules(admin, principal):
     assert credential["username"] == principal
     assert principal.startswith("bg_")
     assert len(credential["password"]) >= 24
-    assert (credential["host"], credential["port"]) == ("127.0.0.1", 6379)
+    assert (credential["host"], credential["port"]) == (
+        REDIS_URL.hostname,
+        REDIS_URL.port,
+    )
     client = _login(credential)
     client.set("cache:greeting", "hello")
     assert client.get("cache:greeting") == b"hello"
