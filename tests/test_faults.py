@@ -9,19 +9,28 @@ the trail's advisory lock (taken after the target has changed, before the commit
 or a table on the target.
 """
 
+import base64
+import json
+import os
+import pwd
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
 import time_machine
 from django.utils import timezone
+from django_otp.oath import totp
 from kombu import pools
 
 from breakglass import audit, roles, services, tasks
@@ -29,8 +38,9 @@ from breakglass.celery import app as celery_app
 from breakglass.models import AccessRequest, Alert, AuditEvent, Grant
 
 from .conftest import make_target, make_user
+from .fixtures import pg_target as pg_cluster
 from .fixtures.waiting import wait_until
-from .fixtures.worker import Worker, _database_url
+from .fixtures.worker import REPO, Worker, _database_url
 from .flows import actions, approve, open_request
 
 Status = AccessRequest.Status
@@ -555,3 +565,266 @@ def test_two_schedulers_at_once_issue_and_end_each_grant_once(
     _assert_alerted_once_each(webhook_receiver)
     # Neither scheduler delivered an alert the other had already delivered.
     assert not Alert.objects.filter(attempts__gt=1).exists()
+
+
+# The product's own database restarted during the flow
+
+TARGETS_FILE = """
+targets:
+  - name: orders-db
+    kind: postgres
+    environment: production
+    connection_env: {env}
+    scopes:
+      - name: read
+        grants: [orders_read]
+    policy:
+      approvals_required: 2
+      approver_groups: [sre-leads]
+      requester_groups: [oncall]
+      max_duration_minutes: 60
+      incident_pattern: '^INC-[0-9]+$'
+"""
+WEB_START_TIMEOUT_SECONDS = 60
+
+
+class ProductDatabase:
+    """A private PostgreSQL cluster holding the product's own database."""
+
+    def __init__(self, base):
+        self.base = base
+        self.data = base / "data"
+        self.port = None
+
+    @property
+    def url(self):
+        return f"postgres://postgres@127.0.0.1:{self.port}/breakglass"
+
+    def create(self):
+        pg_cluster._run(
+            [
+                str(pg_cluster.PG_BIN / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            cwd=self.base,
+        )
+        self.port = pg_cluster._start(self.base, self.data)
+        dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE breakglass")
+
+    def _ctl(self, *argv):
+        pg_cluster._run(
+            [str(pg_cluster.PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", *argv],
+            cwd=self.base,
+        )
+
+    def restart(self):
+        # A fast shutdown ends every session, in the middle of whatever it does.
+        log = str(self.base / "server.log")
+        self._ctl("-l", log, "-m", "fast", "-t", "60", "restart")
+
+    def stop(self):
+        self._ctl("-m", "immediate", "stop")
+
+
+@pytest.fixture
+def product_db():
+    # Not under the test's temporary directory, which the server's user cannot
+    # enter.
+    base = Path(tempfile.mkdtemp(prefix="breakglass-product-db-"))
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+    database = ProductDatabase(base)
+    database.create()
+    try:
+        yield database
+    finally:
+        database.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _manage(env, *argv, stdin=None):
+    result = subprocess.run(
+        [sys.executable, "manage.py", *argv],
+        cwd=REPO,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _create_user(env, username, *options):
+    out = _manage(env, "create_user", username, "--token", *options)
+    return json.loads(out)
+
+
+def _code(user):
+    """Return the code the user's authenticator app shows now."""
+    query = httpx.URL(user["totp_uri"]).params
+    key = base64.b32decode(query["secret"] + "=" * (-len(query["secret"]) % 8))
+    return f"{totp(key, step=30, digits=6):06d}"
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _web(env, log_path):
+    """Run the web side under gunicorn; yield its base address."""
+    port = _free_port()
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [
+                gunicorn,
+                "breakglass.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+
+    def answers():
+        try:
+            return httpx.get(f"{base_url}/api/v1/schema/", timeout=5).status_code
+        except httpx.TransportError:
+            assert process.poll() is None, log_path.read_text()
+            return None
+
+    try:
+        wait_until(answers, timeout=WEB_START_TIMEOUT_SECONDS, what="the web side")
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("worker_autostart", [False])
+def test_the_product_recovers_from_its_database_restarting_during_the_flow(
+    worker, product_db, webhook_receiver, pg_target, tmp_path
+):
+    began = time.monotonic()
+    env = {**worker.env, "DATABASE_URL": product_db.url}
+    _manage(env, "migrate", "--noinput")
+    config = tmp_path / "targets.yaml"
+    config.write_text(TARGETS_FILE.format(env=PG_ENV))
+    _manage(env, "apply_config", str(config))
+    alice = _create_user(env, "alice", "--role", "requester", "--group", "oncall")
+    bob, carol = (
+        _create_user(env, name, "--role", "approver", "--group", "sre-leads", "--totp")
+        for name in ("bob", "carol")
+    )
+    product_worker = Worker(
+        worker.argv, env, tmp_path / "product-worker.log", worker.var_dir
+    )
+
+    def as_user(user):
+        return httpx.Client(
+            base_url=base_url,
+            headers={"Authorization": f"Token {user['token']}"},
+            timeout=30,
+        )
+
+    def status(request_id):
+        response = as_user(alice).get(f"/api/v1/requests/{request_id}/")
+        assert response.status_code == 200, response.text
+        return response.json()["status"]
+
+    product_worker.start()
+    try:
+        with _web(env, tmp_path / "web.log") as base_url:
+            created = as_user(alice).post(
+                "/api/v1/requests/",
+                json={
+                    "target": "orders-db",
+                    "scope": "read",
+                    "duration_minutes": 30,
+                    "reason": "orders stuck",
+                    "incident": "INC-7",
+                },
+            )
+            assert created.status_code == 201, created.text
+            request_id = created.json()["id"]
+            for approver in (bob, carol):
+                voted = as_user(approver).post(
+                    f"/api/v1/requests/{request_id}/approve/",
+                    json={"otp": _code(approver), "comment": "ok"},
+                )
+                assert voted.status_code == 200, voted.text
+            wait_until(
+                lambda: status(request_id) == "active",
+                timeout=RECOVERY_TIMEOUT_SECONDS,
+                what="the grant to be issued",
+            )
+
+            # Every session of the web side and of the worker is cut here.
+            product_db.restart()
+            revealed = as_user(alice).post(f"/api/v1/requests/{request_id}/credential/")
+            assert revealed.status_code == 200, revealed.text
+            credential = revealed.json()
+            with _login(pg_target, credential) as session:
+                assert session.execute("SELECT count(*) FROM orders").fetchone()[0]
+
+            ended = as_user(bob).post(
+                f"/api/v1/requests/{request_id}/revoke/", json={"reason": "done"}
+            )
+            assert ended.status_code == 200, ended.text
+            # Again, while the worker revokes.
+            product_db.restart()
+            wait_until(
+                lambda: status(request_id) == "revoked",
+                timeout=RECOVERY_TIMEOUT_SECONDS,
+                what="the worker to revoke the grant",
+            )
+            assert pg_target.role(credential["username"]) is None
+            assert product_worker.is_running()
+
+            compliance = _create_user(env, "cora", "--role", "compliance")
+            verified = as_user(compliance).get("/api/v1/audit/verify/")
+            assert verified.status_code == 200, verified.text
+            assert verified.json()["ok"] is True
+            trail = as_user(compliance).get(
+                "/api/v1/audit/", params={"request": request_id}
+            )
+            assert trail.status_code == 200, trail.text
+            events = trail.json()
+            assert Counter(e["action"] for e in events) == ENDED_EARLY
+            wait_until(
+                lambda: len(webhook_receiver.deliveries) >= verified.json()["checked"],
+                timeout=RECOVERY_TIMEOUT_SECONDS,
+                what="every alert to be delivered",
+            )
+            delivered = Counter(d.event for d in webhook_receiver.deliveries)
+            assert delivered == Counter(e["action"] for e in events) + Counter(
+                {"config.applied": 1}
+            )
+    finally:
+        product_worker.stop()
+        print("--- product worker log ---")
+        print(product_worker.log()[-20000:])
+    print(f"test took {time.monotonic() - began:.1f} s")
