@@ -226,6 +226,61 @@ def test_a_worker_killed_before_issuing_leaves_the_grant_to_the_next_worker(
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("worker_autostart", [False])
+def test_a_worker_killed_inside_the_targets_transaction_leaves_nothing_there(
+    alice, bob, carol, orders_db, worker, webhook_receiver, pg_target
+):
+    access_request = _approved_long_ago(alice, bob, carol)
+    grant = access_request.grant
+
+    # A role of the same name, created in a transaction left open on the target:
+    # the worker's CREATE ROLE waits for it, inside the worker's own transaction.
+    with pg_target.connect() as rival:
+        rival.execute("BEGIN")
+        rival.execute(f'CREATE ROLE "{grant.principal}"')
+        worker.start()
+        wait_until(
+            lambda: _target_waits_for(pg_target, "CREATE ROLE"),
+            timeout=STEP_TIMEOUT_SECONDS,
+            what="the worker to wait on the target",
+        )
+        worker.kill()
+        rival.execute("ROLLBACK")
+
+    access_request.refresh_from_db()
+    assert access_request.status == Status.APPROVED
+    # What the killed worker had begun on the target is rolled back with it.
+    wait_until(
+        lambda: not _target_waits_for(pg_target, "CREATE ROLE"),
+        timeout=STEP_TIMEOUT_SECONDS,
+        what="the killed worker's session to end",
+    )
+    assert _principals_of(pg_target, access_request) == []
+
+    worker.start()
+    _wait_for(access_request, Status.ACTIVE)
+    credential = services.reveal_credential(access_request.pk, actor=alice)
+    with _login(pg_target, credential) as session:
+        assert session.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    assert _principals_of(pg_target, access_request) == [grant.principal]
+    assert _trail_of(access_request) == ENDED_EARLY - Counter(
+        {"grant.revoked": 1, "review.due": 1}
+    )
+    _assert_alerted_once_each(webhook_receiver)
+
+
+def _target_waits_for(pg_target, statement):
+    """Return whether a session on the target waits for a lock in the statement."""
+    with pg_target.connect() as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND starts_with(upper(query), %s)",
+            [statement],
+        ).fetchone()[0]
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("worker_autostart", [False])
 def test_a_worker_killed_after_creating_the_role_before_commit_leaves_no_orphan(
     alice, bob, carol, orders_db, worker, webhook_receiver, pg_target
 ):
@@ -310,7 +365,7 @@ def test_a_worker_killed_while_the_target_holds_up_the_drop_revokes_after_restar
         reader.execute(f"SELECT * FROM {table}")
         services.request_end(access_request.pk, actor=bob, reason="resolved")
         wait_until(
-            lambda: _target_waits_to_drop(pg_target),
+            lambda: _target_waits_for(pg_target, "DROP OWNED"),
             timeout=STEP_TIMEOUT_SECONDS,
             what="the revocation to wait on the target",
         )
@@ -329,14 +384,6 @@ def test_a_worker_killed_while_the_target_holds_up_the_drop_revokes_after_restar
     assert _trail_of(access_request) == ENDED_EARLY
     assert AuditEvent.objects.filter(action="grant.revocation_failed").count() == 0
     _assert_alerted_once_each(webhook_receiver)
-
-
-def _target_waits_to_drop(pg_target):
-    with pg_target.connect() as conn:
-        return conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query ILIKE 'DROP OWNED%%'"
-        ).fetchone()[0]
 
 
 @pytest.mark.worker
