@@ -2,11 +2,13 @@
 
 A worker killed with SIGKILL at each step of issuance and of revocation leaves
 every grant in a true state, no orphan on the target and one event per transition;
-duplicated deliveries and two schedulers at once have one effect.
+a task delivered three times and two schedulers at once have one effect; grants
+that expire while the broker is down are revoked within seconds of its return; the
+web side and the worker carry on after the product's own database restarts.
 
 The worker is stopped at a known step by a lock the test holds: the grant's row,
-the trail's advisory lock (taken after the target has changed, before the commit)
-or a table on the target.
+the trail's advisory lock (taken after the target has changed, before the commit),
+a role or a table on the target.
 """
 
 import base64
