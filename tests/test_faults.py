@@ -426,10 +426,9 @@ def test_a_worker_killed_after_dropping_the_role_before_commit_ends_it_once(
 # How long after the last grant's expiry the broker stays down: the grants expire
 # during the outage, which lasts about a minute in all.
 BROKER_DOWN_AFTER_EXPIRY_SECONDS = 10
-# How soon after the broker answers again every grant must be revoked. A worker
-# that lived through the outage retries the broker at growing intervals (2, 4,
-# 6... s, at most 30 s, fixed in kombu): after a minute, the next try may come
-# some 15 s after the broker is back.
+# How soon after the broker answers again every grant must be revoked: a few
+# seconds as a rule, but a worker that lived through the outage may retry the
+# broker at growing intervals, up to 30 s apart (fixed in kombu).
 BROKER_RECOVERY_SECONDS = 45
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
