@@ -1,8 +1,8 @@
 """Alerts: every audit event goes out on every configured channel, and is never dropped.
 
-Webhooks, email and Slack get every event; PagerDuty gets the critical ones. A
-target may name its own Slack webhook and PagerDuty routing key, which get the
-events about it, besides the global channels.
+Webhooks, email and Slack get every event; PagerDuty gets the critical ones and
+orphans found. A target may name its own Slack webhook and PagerDuty routing key,
+which get the events about it, besides the global channels.
 
 Alerts are rows written in the same transaction as their event (an outbox), so an
 event cannot commit without its alerts. Delivery starts after commit and is retried
@@ -37,6 +37,10 @@ CRITICAL_ACTIONS = {
     "audit.chain_broken",
     "credential.rotation_failed",
 }
+# Paged besides the critical ones: an orphan was a live credential that no grant
+# accounted for (a crash mid-issuance, or one made behind our back), removed now
+# but worth a person's look.
+PAGED_ACTIONS = CRITICAL_ACTIONS | {"credential.orphan_removed"}
 MAX_BACKOFF_SECONDS = 600
 # Slack and PagerDuty alerts name where their address or key is read from, never
 # the secret itself: `setting:NAME` or `setting:NAME#index` for the global
@@ -86,12 +90,12 @@ def queue_alerts(event, *, notify=()):
 
 def _chat_and_paging(event):
     """Return the Slack and PagerDuty destinations of an event, global then target."""
-    critical = severity(event.action) == "critical"
+    paged = event.action in PAGED_ACTIONS
     found = [
         (Alert.Channel.SLACK, f"setting:{SLACK_SETTING}#{index}")
         for index in range(len(settings.BREAKGLASS_ALERT_SLACK_URLS))
     ]
-    if critical and settings.BREAKGLASS_ALERT_PAGERDUTY_ROUTING_KEY:
+    if paged and settings.BREAKGLASS_ALERT_PAGERDUTY_ROUTING_KEY:
         found.append((Alert.Channel.PAGERDUTY, f"setting:{PAGERDUTY_SETTING}"))
     if event.target:
         slack_env, pagerduty_env = (
@@ -101,7 +105,7 @@ def _chat_and_paging(event):
         ) or ("", "")
         if slack_env:
             found.append((Alert.Channel.SLACK, f"env:{slack_env}"))
-        if critical and pagerduty_env:
+        if paged and pagerduty_env:
             found.append((Alert.Channel.PAGERDUTY, f"env:{pagerduty_env}"))
     return found
 
@@ -357,7 +361,7 @@ def _post_pagerduty(alert):
 
 
 def pagerduty_event(event, *, routing_key):
-    """Return the PagerDuty Events API v2 trigger for a critical event."""
+    """Return the PagerDuty Events API v2 trigger for a paged event."""
     about = (
         f"request {event.request_id}"
         if event.request_id
@@ -376,7 +380,9 @@ def pagerduty_event(event, *, routing_key):
         "payload": {
             "summary": f"Breakglass: {event.action} ({about})"[:1024],
             "source": event.target or urlsplit(settings.BREAKGLASS_BASE_URL).netloc,
-            "severity": "critical",
+            "severity": (
+                "critical" if severity(event.action) == "critical" else "warning"
+            ),
             "timestamp": event.at.isoformat(),
             "class": event.action,
             "component": event.target or "audit",

@@ -98,6 +98,21 @@ def test_pagerduty_gets_only_critical_events(pagerduty, alice, bastion):
     assert body["payload"]["custom_details"]["data"] == failed.data
 
 
+def test_an_orphan_found_on_a_target_pages_as_a_warning(pagerduty, bastion):
+    orphan = audit.record_event(
+        "credential.orphan_removed",
+        actor="system",
+        subject={"target": "bastion"},
+        data={"target": "bastion", "principal": "bg_zed_9_deadbeef"},
+    )
+
+    assert alerts.deliver(_only(orphan, Alert.Channel.PAGERDUTY).pk) is True
+
+    body = pagerduty.deliveries[0].json()
+    assert body["dedup_key"] == "breakglass/credential.orphan_removed/bg_zed_9_deadbeef"
+    assert body["payload"]["severity"] == "warning"
+
+
 def test_a_broken_chain_pages_without_a_target(pagerduty, db):
     broken = audit.record_event(
         "audit.chain_broken", actor="system", data={"first_bad": 12}
