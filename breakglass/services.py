@@ -95,19 +95,8 @@ def create_request(
     *, requester, target, scope, duration_minutes, reason, incident, public_key=""
 ):
     """Open a request for access; the target's policy decides what it needs."""
-    target_obj = Target.objects.filter(name=target, is_active=True).first()
-    if target_obj is None:
-        raise InvalidInput(
-            f"Unknown target {target!r}.", fields={"target": ["Unknown target."]}
-        )
-    scope_obj = Scope.objects.filter(
-        target=target_obj, name=scope, is_active=True
-    ).first()
-    if scope_obj is None:
-        raise InvalidInput(
-            f"Target {target_obj.name} has no scope {scope!r}.",
-            fields={"scope": [f"Unknown scope for {target_obj.name}."]},
-        )
+    scope_obj = _offered_scope(target, scope)
+    target_obj = scope_obj.target
     reason = (reason or "").strip()
     incident = (incident or "").strip()
     if not reason:
@@ -156,8 +145,14 @@ def create_request(
             created_at=now,
             approval_deadline=now + timedelta(minutes=decision.approval_window_minutes),
         )
-        access_request.approver_groups.set(
-            Group.objects.filter(name__in=decision.approver_groups)
+        # A new request has no approver groups yet: insert them in one statement.
+        AccessRequest.approver_groups.through.objects.bulk_create(
+            AccessRequest.approver_groups.through(
+                accessrequest_id=access_request.pk, group_id=group_id
+            )
+            for group_id in Group.objects.filter(
+                name__in=decision.approver_groups
+            ).values_list("pk", flat=True)
         )
         record(
             "request.created",
@@ -173,10 +168,31 @@ def create_request(
                 "decision": decision.as_record(),
                 "approval_deadline": access_request.approval_deadline.isoformat(),
             },
-            notify=selectors.approver_emails(access_request),
+            notify=selectors.approver_emails(access_request, decision.approver_groups),
         )
     logger.info("request %s created by %s", access_request.pk, requester)
     return access_request
+
+
+def _offered_scope(target, scope):
+    """Return the active scope of the active target, with both and the policy."""
+    found = (
+        Scope.objects.select_related("target__policy")
+        .filter(target__name=target, target__is_active=True, name=scope)
+        .filter(is_active=True)
+        .first()
+    )
+    if found is not None:
+        return found
+    target_obj = Target.objects.filter(name=target, is_active=True).first()
+    if target_obj is None:
+        raise InvalidInput(
+            f"Unknown target {target!r}.", fields={"target": ["Unknown target."]}
+        )
+    raise InvalidInput(
+        f"Target {target_obj.name} has no scope {scope!r}.",
+        fields={"scope": [f"Unknown scope for {target_obj.name}."]},
+    )
 
 
 def cancel_request(request_id, *, actor):
