@@ -152,6 +152,16 @@ def events(*, incident=None, request=None, since=None, until=None):
     return queryset.order_by("seq")
 
 
+def trail_length():
+    """Return how many events the trail holds, read from its head.
+
+    Sequence numbers are gapless from 1, so the head's is the count; a gap is a
+    break in the chain, which verification reports.
+    """
+    head = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first()
+    return head or 0
+
+
 # Operations
 
 # An alert still undelivered after this long is stuck, not merely in flight.
