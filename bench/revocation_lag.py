@@ -5,18 +5,19 @@
         .venv/bin/python bench/revocation_lag.py [--grants 1000] [--kill-after 5]
 
 It opens and approves --grants one-minute requests, half on a private PostgreSQL
-cluster and half on a private Redis server, and issues them one after the other,
-so that they all end within the same minute. A real Celery worker (threads pool,
---concurrency threads, its scheduler embedded) revokes them. An observer polls
-the targets every 50 ms and notes when each credential is gone; the lag is that
-moment minus the grant's end. With --kill-after S the worker is killed with
-SIGKILL S seconds after the first grant ends, and started again at once, as a
-supervisor would.
+cluster and half on a private Redis server, and issues them from --issuers
+threads, so that they all end within the same minute. A real Celery worker
+(threads pool, --concurrency threads, its scheduler embedded) revokes them. An
+observer polls the targets every 50 ms and notes when each credential is gone;
+the lag is that moment minus the grant's end. With --kill-after S the worker is
+killed with SIGKILL S seconds after the first grant ends, and started again at
+once, as a supervisor would.
 """
 
 import argparse
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from _harness import (
     PG_ENV,
@@ -91,6 +92,21 @@ def open_and_approve(requester, approvers, grants):
     return grant_ids
 
 
+def issue_all(grant_ids, threads):
+    """Issue the grants from several threads, so that they end close together."""
+    from breakglass import services
+
+    def issue(chunk):
+        try:
+            for grant_id in chunk:
+                services.issue_grant(grant_id)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(issue, [grant_ids[n::threads] for n in range(threads)]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grants", type=int, default=1000)
@@ -101,11 +117,13 @@ def main():
         help="SIGKILL the worker this many seconds after the first grant ends",
     )
     parser.add_argument(
-        "--concurrency", type=int, default=2, help="the worker's threads"
+        "--concurrency", type=int, default=8, help="the worker's threads"
+    )
+    parser.add_argument(
+        "--issuers", type=int, default=4, help="threads issuing the grants"
     )
     options = parser.parse_args()
 
-    from breakglass import services
     from breakglass.models import AccessRequest, AuditEvent, Grant
 
     fresh_database()
@@ -137,8 +155,7 @@ def main():
         observer.start()
         with Worker(concurrency=options.concurrency) as worker:
             started = time.monotonic()
-            for grant_id in grant_ids:
-                services.issue_grant(grant_id)
+            issue_all(grant_ids, options.issuers)
             print(
                 f"issued {len(grant_ids)} grants in {time.monotonic() - started:.1f} s"
             )

@@ -88,7 +88,9 @@ def record_event(action, *, actor, subject=None, data=None, notify=()):
     configured channels.
     """
     subject = subject or {}
-    with transaction.atomic():
+    # No savepoint: an event that fails to append must fail its state change,
+    # and the chain's lock is held to commit, so every round trip here counts.
+    with transaction.atomic(savepoint=False):
         _lock_chain()
         last = AuditEvent.objects.order_by("-seq").values("seq", "hash").first()
         event = AuditEvent(

@@ -1,12 +1,13 @@
 """Use detection: every session or login with a grant's credential is alerted once.
 
-Each active grant's provider lists the sessions its target shows for the
-credential; a session not seen before becomes a CredentialUse row and a
+Each target is asked once per run for the sessions of all its active grants'
+credentials; a session not seen before becomes a CredentialUse row and a
 `credential.used` event, written together under the grant's lock.
 """
 
 import contextlib
 import logging
+from collections import defaultdict
 
 from django.db import connection, transaction
 
@@ -19,27 +20,43 @@ logger = logging.getLogger(__name__)
 
 # Held by the detection run in progress (PostgreSQL only).
 _RUN_LOCK_KEY = 0x6267_6465_7465_6374  # "bgdetect"
+# How many principals a warning about an unreachable target names.
+MAX_NAMED = 5
 
 
 def detect_uses():
     """Look for new uses of every active grant's credential; return how many.
 
-    A run that starts while another is still going returns 0 at once: with many
-    grants a run outlasts its interval, and stacked runs would take every worker
-    thread from the revocations that must end grants on time.
+    Each target is asked once per run for the sessions of all its active grants.
+    A run that starts while another is still going returns 0 at once: stacked
+    runs would take every worker thread from the revocations that must end
+    grants on time.
     """
     with _only_run() as alone:
         if not alone:
             logger.info("detection: the previous run is still going; skipped")
             return 0
-        grant_ids = (
+        grants = (
             Grant.objects.filter(
                 request__status=AccessRequest.Status.ACTIVE, issued_at__isnull=False
             )
             .order_by("pk")
-            .values_list("pk", flat=True)
+            .only("principal", "target_snapshot")
         )
-        return sum(detect_grant_uses(grant_id) for grant_id in list(grant_ids))
+        by_target = defaultdict(dict)
+        for grant in grants:
+            by_target[_reached_through(grant.target_snapshot)][grant.principal] = grant
+        found = 0
+        for on_target in by_target.values():
+            sessions = _sessions_on_target(on_target)
+            for principal, grant in on_target.items():
+                found += _record_if_new(grant.pk, sessions.get(principal, []))
+        return found
+
+
+def _reached_through(snapshot):
+    """Return what names one target and the way to it, for grouping grants."""
+    return snapshot["kind"], snapshot.get("name", ""), snapshot.get("connection_env")
 
 
 @contextlib.contextmanager
@@ -65,7 +82,11 @@ def detect_grant_uses(grant_id):
     on its next run.
     """
     grant = Grant.objects.only("principal", "target_snapshot").get(pk=grant_id)
-    sessions = _unrecorded(grant, _sessions(grant))
+    return _record_if_new(grant.pk, _sessions(grant))
+
+
+def _record_if_new(grant_id, sessions):
+    sessions = _unrecorded(grant_id, sessions)
     if not sessions:
         # The usual case: nothing new, and no lock taken.
         return 0
@@ -95,30 +116,36 @@ def record_uses_before_end(grant):
 
 
 def _sessions(grant):
-    snapshot = grant.target_snapshot
+    return _sessions_on_target({grant.principal: grant}).get(grant.principal, [])
+
+
+def _sessions_on_target(grants):
+    """Return the sessions of these grants, all on one target, by principal."""
+    snapshots = {principal: g.target_snapshot for principal, g in grants.items()}
+    snapshot = next(iter(snapshots.values()))
     try:
-        return provider_for(snapshot["kind"]).sessions(
-            snapshot, principal=grant.principal
-        )
+        return provider_for(snapshot["kind"]).sessions_of(snapshots)
     except Exception as exc:
         # Only a provider's own message is known to hold no connection secret.
         reason = str(exc) if isinstance(exc, ProviderError) else type(exc).__name__
+        named = sorted(grants)
+        shown = ", ".join(named[:MAX_NAMED]) + (", ..." if named[MAX_NAMED:] else "")
         logger.warning(
-            "uses of grant %s (%s) on %s not checked: %s",
-            grant.pk,
-            grant.principal,
+            "uses of %s grant(s) (%s) on %s not checked: %s",
+            len(named),
+            shown,
             snapshot.get("name"),
             reason,
         )
-        return []
+        return {}
 
 
-def _unrecorded(grant, sessions):
+def _unrecorded(grant_id, sessions):
     if not sessions:
         return []
     recorded = set(
         CredentialUse.objects.filter(
-            grant_id=grant.pk, session_key__in=[s.key for s in sessions]
+            grant_id=grant_id, session_key__in=[s.key for s in sessions]
         ).values_list("session_key", flat=True)
     )
     new = {}
@@ -131,7 +158,7 @@ def _unrecorded(grant, sessions):
 def _record_new(grant, sessions):
     now = clock.now()
     recorded = 0
-    for session in _unrecorded(grant, sessions):
+    for session in _unrecorded(grant.pk, sessions):
         CredentialUse.objects.create(
             grant=grant,
             session_key=session.key,

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from zoneinfo import ZoneInfo
 
 from django.contrib.auth import get_user_model
+from django.db.models import Count, Q
 
 from . import clock, roles
 from .errors import InvalidInput, NotAllowed, Throttled
@@ -55,13 +56,15 @@ def decide(target, scope, requester, *, exclude_request=None, at=None):
     all, and Throttled when they already hold as many requests and grants as the
     policy allows.
     """
-    policy = Policy.objects.filter(target=target).first()
-    if policy is None:
+    try:
+        # Read through the target so that it keeps the policy for check_request.
+        policy = target.policy
+    except Policy.DoesNotExist:
         # Fail closed: a target nobody wrote a policy for grants nothing.
         raise InvalidInput(
             f"Target {target.name} has no policy yet; an admin must configure one.",
             fields={"target": ["No policy configured."]},
-        )
+        ) from None
     _check_requester(policy, target, requester)
 
     now = clock.now()
@@ -97,10 +100,11 @@ def decide(target, scope, requester, *, exclude_request=None, at=None):
 
 
 def _check_requester(policy, target, requester):
-    if not roles.has_role(requester, roles.REQUESTER):
+    held = roles.group_names(requester)
+    if not (requester.is_active and roles.REQUESTER in held):
         raise NotAllowed("You do not hold the requester role.", code="not_eligible")
     requester_groups = set(policy.requester_groups.values_list("name", flat=True))
-    if requester_groups and not requester_groups & roles.group_names(requester):
+    if requester_groups and not requester_groups & held:
         raise NotAllowed(
             f"Only members of {', '.join(sorted(requester_groups))} may request "
             f"access to {target.name}.",
@@ -116,6 +120,12 @@ def _context(policy, target, scope, requester, now, exclude_request):
     mine = AccessRequest.objects.filter(requester=requester)
     if exclude_request is not None:
         mine = mine.exclude(pk=exclude_request.pk)
+    counts = mine.aggregate(
+        recent_grants=Count(
+            "pk", filter=Q(grant__issued_at__gte=since, grant__issued_at__lte=now)
+        ),
+        open_requests=Count("pk", filter=Q(status__in=OPEN_STATUSES)),
+    )
     return {
         "environment": target.environment,
         "scope": scope.name,
@@ -123,11 +133,9 @@ def _context(policy, target, scope, requester, now, exclude_request):
         "local_time": local.isoformat(timespec="minutes"),
         "off_hours": not (working_day and in_hours),
         "on_call": is_on_call(requester, now),
-        "recent_grants": mine.filter(
-            grant__issued_at__gte=since, grant__issued_at__lte=now
-        ).count(),
+        "recent_grants": counts["recent_grants"],
         "recent_window_days": policy.recent_window_days,
-        "open_requests": mine.filter(status__in=OPEN_STATUSES).count(),
+        "open_requests": counts["open_requests"],
     }
 
 

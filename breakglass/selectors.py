@@ -42,10 +42,13 @@ def _with_relations(queryset):
 def visible_requests(user):
     """Return the requests the user may see: own, approvable, or all."""
     queryset = _with_relations(AccessRequest.objects.all())
-    if roles.has_role(user, roles.ADMIN) or roles.has_role(user, roles.COMPLIANCE):
+    # The roles in one query: this runs on every page and API call.
+    active = user.is_authenticated and user.is_active
+    held = roles.group_names(user) if active else set()
+    if (active and user.is_superuser) or roles.COMPLIANCE in held:
         return queryset
     visible = Q(requester=user)
-    if roles.has_role(user, roles.APPROVER):
+    if roles.APPROVER in held:
         # A request with no approver groups may be approved by any approver.
         approvable = Q(approver_groups__isnull=True) | Q(
             approver_groups__in=user.groups.all()
@@ -96,6 +99,12 @@ def get_visible_request(request_id, user):
     if found is None:
         raise NotVisible("No such request.")
     return found
+
+
+def check_visible(request_id, user):
+    """Raise NotVisible unless the user may see the request; read nothing more."""
+    if not visible_requests(user).filter(pk=request_id).exists():
+        raise NotVisible("No such request.")
 
 
 def awaiting_decision(user):
@@ -161,15 +170,13 @@ def preview_decision(user, target_name, scope_name):
     return target, scope, policy.decide(target, scope, user)
 
 
-def approver_emails(access_request):
-    """Return the addresses of the approvers a new request waits for."""
-    return sorted(
-        email
-        for email in policy.eligible_approvers(access_request).values_list(
-            "email", flat=True
-        )
-        if email
-    )
+def approver_emails(access_request, group_names=None):
+    """Return the addresses of the approvers a new request waits for.
+
+    `group_names` are the request's approver groups when the caller has them.
+    """
+    approvers = policy.eligible_approvers(access_request, group_names)
+    return sorted(email for email in approvers.values_list("email", flat=True) if email)
 
 
 def people_waiting_on(access_request):
@@ -207,6 +214,16 @@ def events(*, incident=None, request=None, since=None, until=None):
     if until:
         queryset = queryset.filter(at__lt=until)
     return queryset.order_by("seq")
+
+
+def trail_length():
+    """Return how many events the trail holds, read from its head.
+
+    Sequence numbers are gapless from 1, so the head's is the count; a gap is a
+    break in the chain, which verification reports.
+    """
+    head = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first()
+    return head or 0
 
 
 # Operations

@@ -154,6 +154,12 @@ if DATABASES["default"]["ENGINE"] not in (
     raise ImproperlyConfigured(
         "DATABASE_URL must be a postgres:// (or postgresql://) or sqlite:/// address"
     )
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A new PostgreSQL connection costs a backend process and an authentication:
+    # each web worker keeps its own for a while (`?conn_max_age=` in DATABASE_URL
+    # overrides), checked before reuse so a restarted database is not an error.
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 600)
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded database is shared by the web server, the worker and the
     # scheduler: wait for the write lock instead of failing at once.

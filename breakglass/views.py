@@ -625,9 +625,11 @@ def trail(request):
     else:
         events = selectors.events().none()
         status = 400
-    page = Paginator(events.reverse(), TRAIL_PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    paginator = Paginator(events.reverse(), TRAIL_PAGE_SIZE)
+    if not form.is_bound:
+        # Counting a long trail reads all of it; its head's seq is its length.
+        paginator.count = selectors.trail_length()
+    page = paginator.get_page(request.GET.get("page"))
     context = {"form": form, "page": page, "chain": audit.chain_state()}
     return render(request, "breakglass/trail.html", context, status=status)
 

@@ -2,7 +2,8 @@
 
 Alice holds grants on a PostgreSQL target that checks passwords, on the local Redis
 server and on an SSH bastion; Bob and Carol approve them. Detection asks each
-target for the sessions of the grant's principal and records each new one once.
+target once for the sessions of all its grants' principals and records each new
+one once.
 """
 
 import logging
@@ -349,6 +350,37 @@ def test_the_end_cuts_redis_connections_and_detection_stops(alice, bob, cache):
 
 
 # Failures and races
+
+
+def test_each_target_is_asked_once_for_all_its_grants(
+    alice, bob, orders_db, cache, monkeypatch
+):
+    from breakglass.providers import postgres as pg_provider
+    from breakglass.providers import redis as redis_provider
+
+    on_pg = [_active(alice, bob, "orders-db", later=n) for n in range(3)]
+    on_redis = [_active(alice, bob, "cache", later=n) for n in range(3, 5)]
+    pg_sessions = [_pg_login(credential) for _, credential in on_pg[:2]]
+    redis_sessions = [_redis_login(credential) for _, credential in on_redis]
+    looks = []
+    for module, name in ((pg_provider, "_connect"), (redis_provider, "_client")):
+        real = getattr(module, name)
+        monkeypatch.setattr(
+            module,
+            name,
+            lambda *a, _real=real, _name=name: looks.append(_name) or _real(*a),
+        )
+
+    assert detection.detect_uses() == 4
+
+    assert sorted(looks) == ["_client", "_connect"]
+    assert [len(_uses(r)) for r, _ in on_pg] == [1, 1, 0]
+    assert [len(_uses(r)) for r, _ in on_redis] == [1, 1]
+    for access_request, _ in on_pg + on_redis:
+        principal = access_request.grant.principal
+        assert all(e.data["principal"] == principal for e in _uses(access_request))
+    for session in pg_sessions + redis_sessions:
+        session.close()
 
 
 def test_a_target_that_is_down_is_logged_and_skipped(

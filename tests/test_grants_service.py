@@ -5,6 +5,7 @@ PostgreSQL target whose admin DSN points at a port where nothing listens.
 """
 
 import os
+import threading
 from datetime import timedelta
 
 import psycopg
@@ -13,6 +14,7 @@ import redis
 import time_machine
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from django.db import connection, transaction
 
 from breakglass import alerts, services
 from breakglass.errors import (
@@ -236,6 +238,36 @@ def test_sweep_expires_the_grant_and_erases_the_secret(active):
     assert event.data["principal"] == grant.principal
     assert event.data["lag_seconds"] == 2.0
     assert actions(active)[-2:] == ["grant.expired", "review.due"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sweep_leaves_a_grant_being_ended_to_its_worker(alice, bob, carol, bastion):
+    grant = issued_request(alice, bob, carol).grant
+    locked, release = threading.Event(), threading.Event()
+
+    def end_elsewhere():
+        # A worker in the middle of ending the grant holds its row.
+        try:
+            with transaction.atomic():
+                Grant.objects.select_for_update().get(pk=grant.pk)
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=end_elsewhere)
+    worker.start()
+    assert locked.wait(timeout=10)
+    with time_machine.travel(grant.expires_at + timedelta(seconds=1)):
+        try:
+            assert services.sweep()["ended"] == 0
+        finally:
+            release.set()
+            worker.join(timeout=30)
+        # Had that worker died, its lock would be gone and the sweep ends it.
+        assert services.sweep()["ended"] == 1
+
+    assert _count("grant.expired") == 1
 
 
 def test_end_grant_twice_records_one_event(active):

@@ -45,6 +45,15 @@ def test_trail_is_for_compliance_and_admins_only(two_incidents, cora, ada, bob, 
         assert login(user).get("/incidents/INC-1/").status_code == 403
 
 
+def test_trail_counts_its_events_and_pages_them(bastion, alice, cora):
+    for n in range(3):
+        open_request(alice, incident=f"INC-{n}")
+    client = login(cora)
+
+    assert "3 events, newest first" in client.get("/trail/").text
+    assert "1 event, newest first" in client.get("/trail/", {"incident": "INC-1"}).text
+
+
 def test_trail_filters_by_incident_request_and_day(two_incidents, cora):
     first, second = two_incidents
     client = login(cora)

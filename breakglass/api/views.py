@@ -87,7 +87,7 @@ class ApproveView(APIView):
         responses={200: RequestSerializer, 403: ERROR, 404: ERROR, 409: ERROR},
     )
     def post(self, request, pk):
-        selectors.get_visible_request(pk, request.user)
+        selectors.check_visible(pk, request.user)
         data = _valid(VoteSerializer, request.data)
         approval_services.approve_request(
             pk,
@@ -105,7 +105,7 @@ class DenyView(APIView):
         responses={200: RequestSerializer, 403: ERROR, 404: ERROR, 409: ERROR},
     )
     def post(self, request, pk):
-        selectors.get_visible_request(pk, request.user)
+        selectors.check_visible(pk, request.user)
         data = _valid(VoteSerializer, request.data)
         approval_services.deny_request(
             pk,
@@ -123,7 +123,7 @@ class CancelView(APIView):
         responses={200: RequestSerializer, 403: ERROR, 404: ERROR, 409: ERROR},
     )
     def post(self, request, pk):
-        selectors.get_visible_request(pk, request.user)
+        selectors.check_visible(pk, request.user)
         services.cancel_request(pk, actor=request.user)
         return _request_response(pk, request.user)
 
@@ -134,7 +134,7 @@ class RevokeView(APIView):
         responses={200: RequestSerializer, 403: ERROR, 404: ERROR, 409: ERROR},
     )
     def post(self, request, pk):
-        selectors.get_visible_request(pk, request.user)
+        selectors.check_visible(pk, request.user)
         data = _valid(RevokeSerializer, request.data)
         services.request_end(pk, actor=request.user, reason=data["reason"])
         selectors.wait_for_end(pk, timeout=settings.BREAKGLASS_REVOKE_WAIT_SECONDS)
@@ -153,7 +153,7 @@ class CredentialView(APIView):
         },
     )
     def post(self, request, pk):
-        selectors.get_visible_request(pk, request.user)
+        selectors.check_visible(pk, request.user)
         credential = services.reveal_credential(pk, actor=request.user)
         response = Response(CredentialSerializer(credential).data)
         response["Cache-Control"] = "no-store"
@@ -173,7 +173,7 @@ class ReviewSubmitView(APIView):
         description="The requester records what was done with the access.",
     )
     def post(self, request, pk):
-        selectors.get_visible_request(pk, request.user)
+        selectors.check_visible(pk, request.user)
         data = _valid(ReviewSubmitSerializer, request.data)
         services.submit_review(pk, actor=request.user, summary=data["summary"])
         return _request_response(pk, request.user)
@@ -192,7 +192,7 @@ class ReviewSignOffView(APIView):
         description="A compliance reviewer or admin accepts a submitted review.",
     )
     def post(self, request, pk):
-        selectors.get_visible_request(pk, request.user)
+        selectors.check_visible(pk, request.user)
         data = _valid(ReviewSignOffSerializer, request.data)
         services.sign_off_review(pk, actor=request.user, comment=data["comment"])
         return _request_response(pk, request.user)
@@ -212,7 +212,7 @@ class ReviewSendBackView(APIView):
         "its requester, saying why.",
     )
     def post(self, request, pk):
-        selectors.get_visible_request(pk, request.user)
+        selectors.check_visible(pk, request.user)
         data = _valid(ReviewSendBackSerializer, request.data)
         services.send_back_review(pk, actor=request.user, comment=data["comment"])
         return _request_response(pk, request.user)

@@ -40,6 +40,17 @@ class Provider:
         """Return the sessions or logins the target shows for the credential."""
         return []
 
+    def sessions_of(self, snapshots):
+        """Return the sessions of several credentials on one target, by principal.
+
+        `snapshots` maps each principal to its grant's snapshot. A provider that
+        can list a target's sessions at once asks it once for all of them.
+        """
+        return {
+            principal: self.sessions(snapshot, principal=principal)
+            for principal, snapshot in snapshots.items()
+        }
+
 
 def env_value(name, what):
     """Return the value of the environment variable the target names."""

@@ -122,37 +122,44 @@ class PostgresProvider(Provider):
         return [name for (name,) in rows]
 
     def sessions(self, snapshot, *, principal):
-        dsn = _admin_dsn(snapshot)
+        return self.sessions_of({principal: snapshot})[principal]
+
+    def sessions_of(self, snapshots):
+        if not snapshots:
+            return {}
+        dsn = _admin_dsn(next(iter(snapshots.values())))
         try:
             with _connect(dsn) as conn:
                 # A session that switched to a granted role with SET ROLE keeps
                 # its login role here.
                 rows = conn.execute(
-                    "SELECT pid, backend_start, host(client_addr), client_port, "
-                    "datname FROM pg_stat_activity "
-                    "WHERE usename = %s AND backend_type = 'client backend'",
-                    [principal],
+                    "SELECT usename, pid, backend_start, host(client_addr), "
+                    "client_port, datname FROM pg_stat_activity "
+                    "WHERE usename = ANY(%s) AND backend_type = 'client backend'",
+                    [list(snapshots)],
                 ).fetchall()
         except psycopg.Error as exc:
             raise ProviderError(_describe(exc)) from None
-        if any(started is None for _, started, *_ in rows):
+        if any(started is None for _, _, started, *_ in rows):
             # Only superusers and members of pg_read_all_stats see when and from
             # where other roles' sessions started.
             raise ProviderError(
                 "PostgreSQL: the admin role cannot see the sessions' details; "
                 "grant it pg_read_all_stats"
             )
-        return [
-            Session(
-                # A pid is reused once its backend exits; with the start time it
-                # names one session.
-                key=f"pid {pid} at {started.isoformat()}",
-                source_address=_address(host, port),
-                used_at=started,
-                details={"database": dbname, "pid": pid},
+        found = {principal: [] for principal in snapshots}
+        for principal, pid, started, host, port, dbname in rows:
+            found[principal].append(
+                Session(
+                    # A pid is reused once its backend exits; with the start time
+                    # it names one session.
+                    key=f"pid {pid} at {started.isoformat()}",
+                    source_address=_address(host, port),
+                    used_at=started,
+                    details={"database": dbname, "pid": pid},
+                )
             )
-            for pid, started, host, port, dbname in rows
-        ]
+        return found
 
 
 def _address(host, port):

@@ -68,6 +68,12 @@ class RedisProvider(Provider):
         return sorted(n for n in names if n.startswith(PRINCIPAL_PREFIX))
 
     def sessions(self, snapshot, *, principal):
+        return self.sessions_of({principal: snapshot})[principal]
+
+    def sessions_of(self, snapshots):
+        if not snapshots:
+            return {}
+        snapshot = next(iter(snapshots.values()))
         url = env_value(snapshot.get("connection_env"), "admin URL")
         try:
             with _client(url) as client:
@@ -78,16 +84,18 @@ class RedisProvider(Provider):
                 now = clock.now()
         except redis.RedisError as exc:
             raise ProviderError(f"Redis: {exc}") from None
-        return [
-            Session(
-                key=f"client {c['id']} of run {run_id}",
-                source_address=c.get("addr", ""),
-                used_at=now - timedelta(seconds=int(c.get("age", 0))),
-                details={"client_id": int(c["id"]), "db": int(c.get("db", 0))},
-            )
-            for c in connections
-            if c.get("user") == principal
-        ]
+        found = {principal: [] for principal in snapshots}
+        for c in connections:
+            if c.get("user") in found:
+                found[c["user"]].append(
+                    Session(
+                        key=f"client {c['id']} of run {run_id}",
+                        source_address=c.get("addr", ""),
+                        used_at=now - timedelta(seconds=int(c.get("age", 0))),
+                        details={"client_id": int(c["id"]), "db": int(c.get("db", 0))},
+                    )
+                )
+        return found
 
 
 def _client(url):
