@@ -145,6 +145,8 @@ def test_trail_filters(api, alice, bob, carol, cora, bastion):
         ({"incident": "I" * 300}, "incident"),
         # A misspelt filter would otherwise answer with the whole trail.
         ({"incidnet": "INC-1"}, "incidnet"),
+        # An empty answer would read as "nothing happened then".
+        ({"since": "2026-12-05T00:00:00Z", "until": "2026-12-01T00:00:00Z"}, "until"),
     ],
 )
 def test_trail_rejects_bad_filters(api, cora, bastion, query, field):

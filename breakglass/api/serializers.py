@@ -330,6 +330,14 @@ class EventSerializer(serializers.ModelSerializer):
         ]
 
 
+def _checked_range(attrs):
+    """Refuse a time range that ends before it starts: it can only be a mistake."""
+    since, until = attrs.get("since"), attrs.get("until")
+    if since and until and until <= since:
+        raise serializers.ValidationError({"until": ["Must be after since."]})
+    return attrs
+
+
 class AuditQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
     ignored_fields = ("format",)
 
@@ -343,6 +351,9 @@ class AuditQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
         required=False, min_value=0, max_value=MAX_BIGINT
     )
     limit = serializers.IntegerField(required=False, min_value=1, max_value=10000)
+
+    def validate(self, attrs):
+        return _checked_range(attrs)
 
 
 class RequestQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
@@ -371,10 +382,7 @@ class RequestQuerySerializer(OnlyKnownFieldsMixin, serializers.Serializer):
     offset = serializers.IntegerField(required=False, min_value=0, max_value=MAX_BIGINT)
 
     def validate(self, attrs):
-        since, until = attrs.get("since"), attrs.get("until")
-        if since and until and until <= since:
-            raise serializers.ValidationError({"until": ["Must be after since."]})
-        return attrs
+        return _checked_range(attrs)
 
 
 class AuditExportQuerySerializer(AuditQuerySerializer):
