@@ -55,11 +55,12 @@ def severity(action):
     return "critical" if action in CRITICAL_ACTIONS else "info"
 
 
-def queue_alerts(event, *, notify=()):
+def queue_alerts(event, *, notify=(), target_channels=None):
     """Create the event's alerts and start their delivery once the transaction commits.
 
     `notify` holds extra email addresses for this event only, such as the
-    approvers a new request waits for.
+    approvers a new request waits for. `target_channels`, the event's target's
+    (slack_webhook_env, pagerduty_routing_key_env), saves reading them again.
     """
     now = clock.now()
     destinations = [
@@ -72,7 +73,7 @@ def queue_alerts(event, *, notify=()):
     extra = sorted(set(notify) - set(settings.BREAKGLASS_ALERT_EMAILS))
     if extra:
         destinations.append((Alert.Channel.EMAIL, ",".join(extra)))
-    destinations += _chat_and_paging(event)
+    destinations += _chat_and_paging(event, target_channels)
     created = Alert.objects.bulk_create(
         Alert(
             event=event,
@@ -88,7 +89,7 @@ def queue_alerts(event, *, notify=()):
         transaction.on_commit(lambda: _start_delivery(created))
 
 
-def _chat_and_paging(event):
+def _chat_and_paging(event, target_channels=None):
     """Return the Slack and PagerDuty destinations of an event, global then target."""
     paged = event.action in PAGED_ACTIONS
     found = [
@@ -99,10 +100,14 @@ def _chat_and_paging(event):
         found.append((Alert.Channel.PAGERDUTY, f"setting:{PAGERDUTY_SETTING}"))
     if event.target:
         slack_env, pagerduty_env = (
-            Target.objects.filter(name=event.target)
-            .values_list("slack_webhook_env", "pagerduty_routing_key_env")
-            .first()
-        ) or ("", "")
+            target_channels
+            or (
+                Target.objects.filter(name=event.target)
+                .values_list("slack_webhook_env", "pagerduty_routing_key_env")
+                .first()
+            )
+            or ("", "")
+        )
         if slack_env:
             found.append((Alert.Channel.SLACK, f"env:{slack_env}"))
         if paged and pagerduty_env:

@@ -83,7 +83,8 @@ def record_event(action, *, actor, subject=None, data=None, notify=()):
     """Append an event and queue its alerts; call inside the state change's transaction.
 
     `subject` names what the event is about: request id, incident, target, scope
-    and requester, and the grant id for the log line. `data` must never hold a
+    and requester, the grant id for the log line, and the target's own alert
+    channels when the caller has them at hand. `data` must never hold a
     secret. `notify` adds email addresses that get this event besides the
     configured channels.
     """
@@ -110,7 +111,9 @@ def record_event(action, *, actor, subject=None, data=None, notify=()):
         event.data = json.loads(json.dumps(event.data))
         event.hash = compute_hash(event)
         event.save()
-        alerts.queue_alerts(event, notify=notify)
+        alerts.queue_alerts(
+            event, notify=notify, target_channels=subject.get("target_channels")
+        )
         _log_event(event, subject.get("grant"))
     return event
 

@@ -42,17 +42,30 @@ MAX_RETRY_DELAY = timedelta(minutes=5)
 
 def subject_of(access_request):
     """Return what an event about this request is about, for the trail and alerts."""
+    target = access_request.target
     return {
         "request": access_request.pk,
         "grant": _grant_id(access_request),
         "incident": access_request.incident,
-        "target": access_request.target.name,
+        "target": target.name,
+        "target_channels": (target.slack_webhook_env, target.pagerduty_routing_key_env),
         "scope": access_request.scope.name,
         "requester": access_request.requester.get_username(),
     }
 
 
+# A request gets its grant when it is approved; these never had one.
+_WITHOUT_GRANT = {
+    AccessRequest.Status.PENDING,
+    AccessRequest.Status.DENIED,
+    AccessRequest.Status.CANCELLED,
+    AccessRequest.Status.TIMED_OUT,
+}
+
+
 def _grant_id(access_request):
+    if access_request.status in _WITHOUT_GRANT:
+        return None
     try:
         # Most changes after approval hold the grant already.
         grant = AccessRequest.grant.related.get_cached_value(access_request)
