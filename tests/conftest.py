@@ -181,3 +181,8 @@ def _no_secret_leaves_its_credential(request, caplog):
 def _fast_password_hashing(settings):
     # The people above log in with passwords; a slow hash would only slow the suite.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def wrong_password(password):
+    """Return the password with its last character changed: surely wrong."""
+    return password[:-1] + ("y" if password.endswith("x") else "x")

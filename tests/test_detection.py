@@ -25,7 +25,7 @@ from breakglass import detection, services
 from breakglass.audit import verify_chain
 from breakglass.models import AccessRequest, Alert, AuditEvent, CredentialUse
 
-from .conftest import make_target
+from .conftest import make_target, wrong_password
 from .fixtures.e2e import (
     assert_no_secret,
     assert_one_signed_webhook_per_event,
@@ -260,7 +260,7 @@ def test_a_session_that_switched_to_a_granted_role_is_seen(alice, bob, orders_db
 def test_a_wrong_password_is_not_a_use(alice, bob, orders_db):
     access_request, credential = _active(alice, bob, "orders-db")
     with pytest.raises(psycopg.OperationalError, match="password authentication"):
-        _pg_login(credential, password="x" + credential["password"][1:])
+        _pg_login(credential, password=wrong_password(credential["password"]))
 
     assert detection.detect_uses() == 0
 

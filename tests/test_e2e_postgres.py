@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 
-from tests.conftest import make_target, otp_code
+from tests.conftest import make_target, otp_code, wrong_password
 from tests.fixtures.e2e import (
     assert_no_secret,
     assert_one_signed_webhook_per_event,
@@ -123,7 +123,7 @@ def test_a_grant_works_until_it_expires_then_is_gone(
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         session.execute("UPDATE orders SET item = 'free'")
     with pytest.raises(psycopg.OperationalError, match="password authentication"):
-        _login(pg_target, credential, password="x" + credential["password"][1:])
+        _login(pg_target, credential, password=wrong_password(credential["password"]))
 
     ended = wait_for_status(
         as_alice, request_id, "expired", timeout=EXPIRY_TIMEOUT_SECONDS

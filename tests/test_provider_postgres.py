@@ -12,6 +12,8 @@ from breakglass.errors import ProviderError
 from breakglass.providers import postgres, provider_for
 from breakglass.providers.postgres import CONNECTION_LIMIT
 
+from .conftest import wrong_password
+
 ENV = "BG_TEST_PG_TARGET_DSN"
 provider = provider_for("postgres")
 
@@ -92,7 +94,7 @@ def test_a_wrong_password_does_not_log_in(target, principal):
     credential = _issue(principal, "orders_read")
 
     with pytest.raises(psycopg.OperationalError, match="password authentication"):
-        _login(target, credential, password=credential["password"][:-1] + "x")
+        _login(target, credential, password=wrong_password(credential["password"]))
 
 
 def test_the_connection_limit_is_enforced(target, principal):

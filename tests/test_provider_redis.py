@@ -13,6 +13,8 @@ from redis.retry import Retry
 from breakglass.errors import ProviderError
 from breakglass.providers import provider_for
 
+from .conftest import wrong_password
+
 ENV = "BG_TEST_REDIS_TARGET_URL"
 RULES = ["~cache:*", "+get", "+set", "+ping", "+select"]
 provider = provider_for("redis")
@@ -104,7 +106,7 @@ def test_a_wrong_password_does_not_log_in(principal):
     credential = _issue(principal)
 
     with pytest.raises(redis.AuthenticationError):
-        _login(credential, password=credential["password"][:-1] + "x")
+        _login(credential, password=wrong_password(credential["password"]))
 
 
 def test_revoke_deletes_the_user_and_kills_its_connections(admin, principal):
