@@ -1,7 +1,9 @@
 """Second-factor confirmation of a decision with the approver's own TOTP device."""
 
 from django.db import transaction
+from django.utils.crypto import constant_time_compare
 from django.views.decorators.debug import sensitive_variables
+from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from breakglass import clock
@@ -70,6 +72,26 @@ def verify(user, token, device=None):
                 retry_after=wait,
             )
     return None
+
+
+@sensitive_variables("token")
+def is_spent(user, token):
+    """Return whether the code is one a device of the user accepted and still shows.
+
+    Such a code is refused like any other, but its owner, who may have just logged
+    in with it, should be told to wait for the next one rather than that it is wrong.
+    """
+    token = (token or "").strip().replace(" ", "")
+    for device in TOTPDevice.objects.filter(user=user, confirmed=True):
+        if device.last_t is None or device.last_t < 0:
+            continue
+        totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+        if abs(totp.t() - device.last_t) > device.tolerance:
+            continue
+        totp.time = device.t0 + (device.last_t - device.drift) * device.step
+        if constant_time_compare(f"{totp.token():0{device.digits}d}", token):
+            return True
+    return False
 
 
 def has_device(user):

@@ -97,6 +97,11 @@ def _vote(request_id, *, approver, code, comment, decision, device=None):
     if throttled is not None:
         raise throttled
     if confirmed_by is None:
+        if otp.is_spent(approver, code):
+            raise OtpInvalid(
+                "This code was already used, for your login or another decision: "
+                "wait for the next code from your authenticator."
+            )
         raise OtpInvalid()
     return access_request
 

@@ -115,6 +115,11 @@ def test_the_code_that_approved_one_request_is_refused_on_the_next(
     assert accepted.status_code == 200
     assert replayed.status_code == 403
     assert replayed.json()["code"] == "otp_invalid"
+    # Its owner is told to wait for the next code, not that it is wrong.
+    assert replayed.json()["detail"] == (
+        "This code was already used, for your login or another decision: "
+        "wait for the next code from your authenticator."
+    )
     second.refresh_from_db()
     assert (second.status, second.approvals.count()) == (Status.PENDING, 0)
     failed = AuditEvent.objects.get(action="otp.failed")

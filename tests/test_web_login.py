@@ -2,10 +2,12 @@
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from .conftest import otp_code
+from .web_helpers import make_ssh_target, open_request
 
 
 def _login(client, user, **extra):
@@ -83,3 +85,19 @@ def test_a_wrong_password_says_nothing_about_the_code(bob):
     assert response.status_code == 200
     assert "Please enter a correct username and password" in response.text
     assert "otp" not in response.context["form"].errors
+
+
+def test_the_code_that_logged_in_is_refused_for_a_vote_saying_to_wait(
+    bob, alice, tmp_path, monkeypatch, time_machine
+):
+    make_ssh_target(tmp_path, monkeypatch)
+    pending = open_request(alice)
+    time_machine.move_to(timezone.now(), tick=False)
+    code = otp_code(bob)
+    client = Client()
+    assert _login(client, bob, otp=code).status_code == 302
+
+    refused = client.post(f"/requests/{pending.pk}/approve/", {"otp": code})
+
+    assert "wait for the next code from your authenticator" in refused.text
+    assert pending.approvals.count() == 0
