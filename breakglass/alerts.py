@@ -204,42 +204,32 @@ def deliver(alert_id):
         return True
 
 
-def _earlier_undelivered(alert):
-    """Return an earlier undelivered alert of the same request to the same webhook.
+def _undelivered_of_same_request(alert):
+    """Return the other undelivered alerts of the alert's request to its webhook.
 
-    Mail gives no order anyway: an email goes as soon as it can.
+    A webhook gets a request's alerts in order; mail gives no order anyway, so an
+    email goes as soon as it can.
     """
     if alert.channel != Alert.Channel.WEBHOOK or alert.event.request_id is None:
-        return None
-    return (
-        Alert.objects.filter(
-            delivered_at__isnull=True,
-            channel=alert.channel,
-            destination=alert.destination,
-            event__request_id=alert.event.request_id,
-            event__seq__lt=alert.event.seq,
-        )
-        .order_by("event__seq")
-        .only("next_attempt_at")
-        .first()
-    )
+        return Alert.objects.none()
+    return Alert.objects.filter(
+        delivered_at__isnull=True,
+        channel=alert.channel,
+        destination=alert.destination,
+        event__request_id=alert.event.request_id,
+    ).order_by("event__seq")
+
+
+def _earlier_undelivered(alert):
+    """Return an earlier undelivered alert of the same request to the same webhook."""
+    earlier = _undelivered_of_same_request(alert).filter(event__seq__lt=alert.event.seq)
+    return earlier.only("next_attempt_at").first()
 
 
 def _next_waiting(alert):
-    if alert.channel != Alert.Channel.WEBHOOK or alert.event.request_id is None:
-        return None
-    return (
-        Alert.objects.filter(
-            delivered_at__isnull=True,
-            channel=alert.channel,
-            destination=alert.destination,
-            event__request_id=alert.event.request_id,
-            event__seq__gt=alert.event.seq,
-        )
-        .order_by("event__seq")
-        .only("pk")
-        .first()
-    )
+    """Return the next alert of the same request waiting on this one."""
+    later = _undelivered_of_same_request(alert).filter(event__seq__gt=alert.event.seq)
+    return later.only("pk").first()
 
 
 def _describe(exc, *, quiet=False):
