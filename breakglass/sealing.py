@@ -9,16 +9,20 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 
 
-def _fernet():
-    # A key of its own, derived from SECRET_KEY, so a sealed credential is useless
-    # without the process configuration that is never stored in the database.
-    key = HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=b"breakglass-sealing",
-        info=b"credential at rest v1",
-    ).derive(settings.SECRET_KEY.encode())
+def derived_fernet(salt, info):
+    """Return a Fernet with a key of its own purpose, derived from SECRET_KEY.
+
+    What it seals is useless without the process configuration, which is never
+    stored in the database.
+    """
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(
+        settings.SECRET_KEY.encode()
+    )
     return Fernet(base64.urlsafe_b64encode(key))
+
+
+def _fernet():
+    return derived_fernet(b"breakglass-sealing", b"credential at rest v1")
 
 
 def seal(credential):

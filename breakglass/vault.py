@@ -5,25 +5,17 @@ one of them opens. A key derived from SECRET_KEY is always accepted last, so tha
 credentials sealed before the variable was set can still be opened and resealed.
 """
 
-import base64
-
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
+
+from .sealing import derived_fernet
 
 __all__ = ["InvalidToken", "reseal", "seal", "unseal", "uses_newest_key"]
 
 
 def _derived_key():
-    key = HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=b"breakglass-vault",
-        info=b"sealed shared credential v1",
-    ).derive(settings.SECRET_KEY.encode())
-    return Fernet(base64.urlsafe_b64encode(key))
+    return derived_fernet(b"breakglass-vault", b"sealed shared credential v1")
 
 
 def _keys():
